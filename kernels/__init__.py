@@ -1,0 +1,9 @@
+"""Warp kernels and ``wp.func``s of warpsim_rl (installed as ``warpsim_rl.kernels``).
+
+Kernels are generated per scalar type (``wp.float32``/``wp.float64``) and spatial dimension
+(2 or 3) by cached factories, so one source serves every combination:
+
+* :mod:`.elements` — spring/cable/damping energy, gradient and Hessian.
+* :mod:`.linalg` — per-environment banded Cholesky (dense is the full-band case).
+* :mod:`.bdf2` — the batched implicit BDF2 Newton step.
+"""

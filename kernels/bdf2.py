@@ -1,0 +1,345 @@
+"""One implicit BDF2 step for every environment, solved by Newton's method in a single launch.
+
+Per environment (one thread), with step ``h``, free-particle positions ``x``:
+
+* BDF2 (constant step) reads ``x' - 4/3 x + 1/3 x_prev = 2h/3 v'`` and
+  ``v' - 4/3 v + 1/3 v_prev = 2h/3 M^-1 f(x', v')``. Eliminating ``v' = kappa (x' - x_hat)`` with
+  ``x_hat = 4/3 x - 1/3 x_prev`` and ``kappa = 3 / (2h)`` gives ``M (x' - y) = beta f(x', v')`` with
+  ``y = x_hat + 2h/3 (4/3 v - 1/3 v_prev)`` and ``beta = 4 h^2 / 9``.
+* That is the stationarity condition of the incremental potential
+  ``Phi(x') = 1/2 (x'-y)^T M (x'-y) + beta [U(x') + D(x')]`` with ``U`` the spring and gravity
+  energy and ``D`` the damping dissipation potential (``elements.py``). Newton's method
+  minimises ``Phi``: gradient ``g`` and (PSD-projected) Hessian ``H`` assembled into a banded
+  matrix, per-thread banded Cholesky, backtracking (Armijo) line search on ``Phi``.
+* Convergence: ``max|dx| / h <= tol`` (m/s) for the Newton step ``dx``, or — at the round-off
+  floor of float32 — a step within ``STALL_FACTOR * tol`` that no longer halves (quadratic
+  convergence always halves it). Status per env:
+  ``STATUS_OK``, ``STATUS_MAX_ITERS``, ``STATUS_NONFINITE``, ``STATUS_NOT_PD``.
+* Handles are kinematic: ``x_h' = x_h + h clip(a)``, ``v_h' = clip(a)`` with the per-axis limit.
+* Start-up: the state carries the BDF2 history (``x_prev``, ``v_prev``). A fresh state sets
+  ``x_prev = x - h v`` and ``v_prev = v`` (constant-velocity extrapolation), which keeps the
+  method second-order accurate (``tests/test_physics.py`` measures it).
+"""
+
+
+import functools
+from types import SimpleNamespace
+
+import warp as wp
+
+from .elements import element_funcs
+from .linalg import band_funcs
+
+STALL_FACTOR = 10.0
+STATUS_OK = 0
+STATUS_MAX_ITERS = 1
+STATUS_NONFINITE = 2
+STATUS_NOT_PD = 3
+STATUS_NAMES = {
+    STATUS_OK: "converged",
+    STATUS_MAX_ITERS: "Newton did not converge within max_iters",
+    STATUS_NONFINITE: "non-finite value (NaN/inf) in the Newton iterate",
+    STATUS_NOT_PD: "Hessian not positive definite (degenerate spring or invalid parameters)",
+}
+
+
+@functools.cache
+def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
+    """Step and diagnostic kernels for one scalar type and spatial dimension."""
+    el = element_funcs(dtype, dim)
+    la = band_funcs(dtype)
+    vec = el.vec
+    mat = el.mat
+    # round-off allowance on Phi for the approximate-Armijo test (Hager & Zhang 2005)
+    NOISE = 1.0e3 * (1.1920929e-07 if dtype == wp.float32 else 2.220446049250313e-16)
+
+    @wp.func
+    def inertial_target(x: vec, v: vec, xp: vec, vp: vec, h: dtype):
+        """``(x_hat, y)`` of the BDF2 step (module doc)."""
+        c43 = dtype(4.0) / dtype(3.0)
+        c13 = dtype(1.0) / dtype(3.0)
+        x_hat = c43 * x - c13 * xp
+        y = x_hat + (dtype(2.0) * h / dtype(3.0)) * (c43 * v - c13 * vp)
+        return x_hat, y
+
+    @wp.func
+    def add_block(H: wp.array2d(dtype=dtype), e: int, B: int, fi: int, fj: int, K: mat, sign: dtype):
+        """Add ``sign * K`` to the (fi, fj) particle block of the banded matrix (lower part only)."""
+        if fi == fj:
+            for a in range(dim):
+                for b in range(a + 1):
+                    la.band_add(H, e, B, fi * dim + a, fi * dim + b, sign * K[a, b])
+        else:
+            r = fi
+            c = fj
+            if fj > fi:
+                r = fj
+                c = fi
+            for a in range(dim):
+                for b in range(dim):
+                    la.band_add(H, e, B, r * dim + a, c * dim + b, sign * K[a, b])
+
+    @wp.func
+    def add_vec(g: wp.array2d(dtype=dtype), e: int, f: int, v: vec):
+        for a in range(dim):
+            g[f * dim + a, e] = g[f * dim + a, e] + v[a]
+
+    @wp.func
+    def assemble(
+        e: int,
+        xq: wp.array2d(dtype=vec),
+        x_in: wp.array2d(dtype=vec),
+        v_in: wp.array2d(dtype=vec),
+        xp_in: wp.array2d(dtype=vec),
+        vp_in: wp.array2d(dtype=vec),
+        v_handle: wp.array2d(dtype=vec),
+        mass: wp.array2d(dtype=dtype),
+        free_index: wp.array(dtype=int),
+        spring_i: wp.array(dtype=int),
+        spring_j: wp.array(dtype=int),
+        stiffness: wp.array2d(dtype=dtype),
+        rest: wp.array2d(dtype=dtype),
+        damping: wp.array(dtype=dtype),
+        cable: wp.array(dtype=int),
+        gravity: vec,
+        h: dtype,
+        N: int,
+        B: int,
+        project: int,
+        g: wp.array2d(dtype=dtype),
+        H: wp.array2d(dtype=dtype),
+    ):
+        """Incremental potential ``Phi`` at ``xq[e]``; writes its gradient into ``g`` and its
+        Hessian into the band ``H`` (both (re)initialised here). ``v_handle`` holds the handle
+        velocities of the step (read for handles only)."""
+        beta = dtype(4.0) * h * h / dtype(9.0)
+        kappa = dtype(1.5) / h
+        for i in range(N):
+            g[i, e] = dtype(0.0)
+        for i in range(N * (B + 1)):
+            H[i, e] = dtype(0.0)
+        phi = dtype(0.0)
+        n = free_index.shape[0]
+        for p in range(n):
+            f = free_index[p]
+            if f >= 0:
+                m = mass[e, p]
+                x_hat, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
+                r = xq[e, p] - y
+                phi += dtype(0.5) * m * wp.dot(r, r) - beta * m * wp.dot(gravity, r)
+                add_vec(g, e, f, m * r - (beta * m) * gravity)
+                for a in range(dim):
+                    la.band_add(H, e, B, f * dim + a, f * dim + a, m)
+        for s in range(spring_i.shape[0]):
+            pi = spring_i[s]
+            pj = spring_j[s]
+            fi = free_index[pi]
+            fj = free_index[pj]
+            xi = xq[e, pi]
+            xj = xq[e, pj]
+            L = rest[e, s]
+            u, gr, K = el.spring_terms(xi, xj, stiffness[e, s], L, cable[s], project)
+            c = damping[s]
+            if c > dtype(0.0):
+                d0 = x_in[e, pi] - x_in[e, pj]
+                l0 = wp.length(d0)
+                if (cable[s] == 0 or l0 > L) and l0 > dtype(0.0):
+                    vi = v_handle[e, pi]
+                    vj = v_handle[e, pj]
+                    if fi >= 0:
+                        xh, yy = inertial_target(x_in[e, pi], v_in[e, pi], xp_in[e, pi], vp_in[e, pi], h)
+                        vi = kappa * (xi - xh)
+                    if fj >= 0:
+                        xh, yy = inertial_target(x_in[e, pj], v_in[e, pj], xp_in[e, pj], vp_in[e, pj], h)
+                        vj = kappa * (xj - xh)
+                    ud, gd, Kd = el.damping_terms(vi - vj, d0 / l0, c, kappa)
+                    u += ud
+                    gr += gd
+                    K += Kd
+            phi += beta * u
+            if fi >= 0:
+                add_vec(g, e, fi, beta * gr)
+                add_block(H, e, B, fi, fi, K, beta)
+            if fj >= 0:
+                add_vec(g, e, fj, -beta * gr)
+                add_block(H, e, B, fj, fj, K, beta)
+            if fi >= 0 and fj >= 0:
+                add_block(H, e, B, fi, fj, K, -beta)
+        return phi
+
+    @wp.func
+    def set_iterate(e: int, free_index: wp.array(dtype=int), base: wp.array2d(dtype=dtype),
+                    dx: wp.array2d(dtype=dtype), alpha: dtype, xq: wp.array2d(dtype=vec)):
+        """``xq = base + alpha dx`` on the free particles."""
+        for p in range(free_index.shape[0]):
+            f = free_index[p]
+            if f >= 0:
+                v = vec()
+                for a in range(dim):
+                    v[a] = base[f * dim + a, e] + alpha * dx[f * dim + a, e]
+                xq[e, p] = v
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def bdf2_step(
+        x_in: wp.array2d(dtype=vec),
+        v_in: wp.array2d(dtype=vec),
+        xp_in: wp.array2d(dtype=vec),
+        vp_in: wp.array2d(dtype=vec),
+        action: wp.array2d(dtype=vec),
+        mass: wp.array2d(dtype=dtype),
+        free_index: wp.array(dtype=int),
+        handle_particle: wp.array(dtype=int),
+        velocity_limit: wp.array(dtype=vec),
+        spring_i: wp.array(dtype=int),
+        spring_j: wp.array(dtype=int),
+        stiffness: wp.array2d(dtype=dtype),
+        rest: wp.array2d(dtype=dtype),
+        damping: wp.array(dtype=dtype),
+        cable: wp.array(dtype=int),
+        gravity: vec,
+        h: dtype,
+        N: int,
+        B: int,
+        max_iters: int,
+        tol: dtype,
+        ls_max: int,
+        # scratch (N * (B + 1), E) and (N, E)
+        H: wp.array2d(dtype=dtype),
+        g: wp.array2d(dtype=dtype),
+        dx: wp.array2d(dtype=dtype),
+        base: wp.array2d(dtype=dtype),
+        step_index: int,
+        # outputs
+        x_out: wp.array2d(dtype=vec),
+        v_out: wp.array2d(dtype=vec),
+        xp_out: wp.array2d(dtype=vec),
+        vp_out: wp.array2d(dtype=vec),
+        status: wp.array(dtype=int),
+        iters: wp.array(dtype=int),
+        residual: wp.array(dtype=dtype),
+        first_fail_step: wp.array(dtype=int),
+        first_fail_status: wp.array(dtype=int),
+    ):
+        e = wp.tid()
+        n = free_index.shape[0]
+        # history shift and handle kinematics
+        for p in range(n):
+            xp_out[e, p] = x_in[e, p]
+            vp_out[e, p] = v_in[e, p]
+        for k in range(handle_particle.shape[0]):
+            p = handle_particle[k]
+            act = action[e, k]
+            lim = velocity_limit[k]
+            ac = vec()
+            for d in range(dim):
+                ac[d] = wp.clamp(act[d], -lim[d], lim[d])
+            x_out[e, p] = x_in[e, p] + h * ac
+            v_out[e, p] = ac
+        # predictor: the inertial target y
+        for p in range(n):
+            if free_index[p] >= 0:
+                xh, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
+                x_out[e, p] = y
+        phi = assemble(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
+                       stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
+        st = STATUS_MAX_ITERS
+        it = int(0)
+        res = dtype(0.0)
+        prev_res = dtype(1.0e30)
+        while it < max_iters:
+            if not wp.isfinite(phi):
+                st = STATUS_NONFINITE
+                break
+            if la.band_cholesky(H, e, N, B) == 0:
+                st = STATUS_NOT_PD
+                break
+            for i in range(N):
+                dx[i, e] = -g[i, e]
+            la.band_solve(H, e, N, B, dx, dx)
+            it += 1
+            slope = dtype(0.0)
+            res = dtype(0.0)
+            for i in range(N):
+                slope += g[i, e] * dx[i, e]
+                res = wp.max(res, wp.abs(dx[i, e]))
+            res = res / h
+            # record the base iterate
+            for p in range(n):
+                f = free_index[p]
+                if f >= 0:
+                    xb = x_out[e, p]
+                    for a in range(dim):
+                        base[f * dim + a, e] = xb[a]
+            if not wp.isfinite(res):
+                st = STATUS_NONFINITE
+                break
+            # converged: below tol, or stalled at the round-off floor (a Newton step that no
+            # longer halves while already within STALL_FACTOR * tol)
+            if res <= tol or (res <= dtype(STALL_FACTOR) * tol and res > dtype(0.5) * prev_res):
+                set_iterate(e, free_index, base, dx, dtype(1.0), x_out)
+                st = STATUS_OK
+                break
+            # backtracking line search on Phi: Armijo, or Hager-Zhang's approximate Armijo
+            # (Phi within round-off of the start and the slope along dx not turned positive),
+            # which keeps float32 from stalling where Phi differences drown in round-off
+            alpha = dtype(1.0)
+            noise = dtype(NOISE) * wp.abs(phi)
+            for ls in range(ls_max + 1):
+                set_iterate(e, free_index, base, dx, alpha, x_out)
+                phi_t = assemble(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i,
+                                 spring_j, stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
+                slope_t = dtype(0.0)
+                for i in range(N):
+                    slope_t += g[i, e] * dx[i, e]
+                armijo = phi_t <= phi + dtype(1.0e-4) * alpha * slope
+                approx = phi_t <= phi + noise and slope_t <= dtype(-0.8) * slope
+                if armijo or approx or ls == ls_max:
+                    phi = phi_t
+                    break
+                alpha = alpha * dtype(0.5)
+            prev_res = res
+        # velocities of the free particles
+        kappa = dtype(1.5) / h
+        for p in range(n):
+            if free_index[p] >= 0:
+                xh, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
+                v_out[e, p] = kappa * (x_out[e, p] - xh)
+        status[e] = st
+        iters[e] = it
+        residual[e] = res
+        if st != STATUS_OK and first_fail_step[e] < 0:
+            first_fail_step[e] = step_index
+            first_fail_status[e] = st
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def potential(
+        xq: wp.array2d(dtype=vec),
+        x_in: wp.array2d(dtype=vec),
+        v_in: wp.array2d(dtype=vec),
+        xp_in: wp.array2d(dtype=vec),
+        vp_in: wp.array2d(dtype=vec),
+        v_handle: wp.array2d(dtype=vec),
+        mass: wp.array2d(dtype=dtype),
+        free_index: wp.array(dtype=int),
+        spring_i: wp.array(dtype=int),
+        spring_j: wp.array(dtype=int),
+        stiffness: wp.array2d(dtype=dtype),
+        rest: wp.array2d(dtype=dtype),
+        damping: wp.array(dtype=dtype),
+        cable: wp.array(dtype=int),
+        gravity: vec,
+        h: dtype,
+        N: int,
+        B: int,
+        project: int,
+        g: wp.array2d(dtype=dtype),
+        H: wp.array2d(dtype=dtype),
+        phi: wp.array(dtype=dtype),
+    ):
+        """Diagnostic: ``Phi``, its gradient and banded Hessian at ``xq`` (handles at ``xq`` too)."""
+        e = wp.tid()
+        phi[e] = assemble(e, xq, x_in, v_in, xp_in, vp_in, v_handle, mass, free_index, spring_i, spring_j,
+                          stiffness, rest, damping, cable, gravity, h, N, B, project, g, H)
+
+    return SimpleNamespace(vec=vec, mat=mat, bdf2_step=bdf2_step, potential=potential, assemble=assemble,
+                           inertial_target=inertial_target, add_block=add_block, add_vec=add_vec)

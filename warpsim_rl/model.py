@@ -1,0 +1,199 @@
+"""Batched simulation data: static :class:`Model`, per-step :class:`State`, per-step :class:`Control`.
+
+Shapes use ``E`` environments, ``n`` particles, ``m`` springs, ``h`` handles, ``dim`` in {2, 3};
+``vec`` is Warp's ``vector(dim, dtype)``. Arrays live on ``model.device`` in ``model.dtype``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import warp as wp
+
+from .scene import Scene, SceneError
+from .util import resolve_device, resolve_dtype, wp_vec_type
+
+__all__ = ["Model", "State", "Control"]
+
+
+def band_width(scene: Scene) -> int:
+    """Half-bandwidth of the Newton matrix in the natural free-particle DOF order."""
+    dim = scene.dim
+    free = np.full(scene.num_particles, -1, dtype=np.int64)
+    free[scene.free_particles] = np.arange(len(scene.free_particles))
+    B = dim - 1
+    for i, j in scene.springs:
+        if free[i] >= 0 and free[j] >= 0:
+            B = max(B, (abs(int(free[i]) - int(free[j])) + 1) * dim - 1)
+    return min(B, scene.num_dofs - 1)
+
+
+class Model:
+    """Static scene arrays for ``num_envs`` environments (Newton's Model).
+
+    Attributes:
+        scene: the :class:`~warpsim_rl.scene.Scene` it was built from.
+        num_envs, num_particles, num_springs, num_handles, dim: sizes.
+        num_dofs: ``N``, free particles × dim (unknowns of one Newton solve).
+        band: ``B``, half-bandwidth of the Newton matrix (``B = N - 1`` is dense).
+        dt: time step in s. gravity: ``vec`` in m/s².
+        mass: (E, n) kg, per environment (handles: 0, unused).
+        free_index: (n,) int32, DOF block of each particle, -1 for handles.
+        handle_particle: (h,) int32 particle index of each handle (action order).
+        velocity_limit: (h,) vec, m/s.
+        spring_i, spring_j: (m,) int32 end particles.
+        stiffness: (E, m) N/m, per environment. rest_length: (E, m) m, per environment.
+        damping: (m,) N·s/m. is_cable: (m,) int32 (1 = tension only).
+        max_iters, tol, line_search_max: Newton settings (tol in m/s).
+    """
+
+    def __init__(self, scene: Scene, num_envs: int = 1, device=None, dtype="float32"):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise SceneError(f"num_envs = {num_envs!r}: must be an integer >= 1")
+        self.scene = scene
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.np_dtype = np.float32 if self.dtype == wp.float32 else np.float64
+        self.vec = wp_vec_type(scene.dim, self.dtype)
+        self.num_envs = int(num_envs)
+        self.dim = scene.dim
+        self.num_particles = scene.num_particles
+        self.num_springs = scene.num_springs
+        self.num_handles = scene.num_handles
+        self.num_dofs = scene.num_dofs
+        self.band = band_width(scene)
+        self.dt = float(scene.dt)
+        self.gravity = self.vec(*scene.gravity.astype(self.np_dtype))
+        solver = scene.solver
+        self.max_iters = solver.max_iters
+        self.line_search_max = solver.line_search_max
+        self.tol = solver.tol if solver.tol is not None else (1e-4 if self.dtype == wp.float32 else 1e-9)
+
+        E, d = self.num_envs, self.device
+        free = np.full(scene.num_particles, -1, dtype=np.int32)
+        free[scene.free_particles] = np.arange(len(scene.free_particles), dtype=np.int32)
+        self.free_index = wp.array(free, dtype=wp.int32, device=d)
+        self.handle_particle = wp.array(scene.handles, dtype=wp.int32, device=d)
+        self.velocity_limit = wp.array(scene.velocity_limit.astype(self.np_dtype).reshape(-1, self.dim),
+                                       dtype=self.vec, device=d)
+        self.mass = wp.array(np.tile(scene.masses.astype(self.np_dtype), (E, 1)), dtype=self.dtype, device=d)
+        self.spring_i = wp.array(scene.springs[:, 0].copy(), dtype=wp.int32, device=d)
+        self.spring_j = wp.array(scene.springs[:, 1].copy(), dtype=wp.int32, device=d)
+        self.stiffness = wp.array(np.tile(scene.stiffness.astype(self.np_dtype), (E, 1)), dtype=self.dtype, device=d)
+        self.rest_length = wp.array(np.tile(scene.rest_length.astype(self.np_dtype), (E, 1)), dtype=self.dtype, device=d)
+        self.damping = wp.array(scene.damping.astype(self.np_dtype), dtype=self.dtype, device=d)
+        self.is_cable = wp.array(scene.is_cable.astype(np.int32), dtype=wp.int32, device=d)
+
+    # -- per-environment parameters ------------------------------------------------------------
+    def set_stiffness(self, values) -> None:
+        """Per-env stiffness: array-like broadcastable to (E, m), N/m, all > 0."""
+        self._set_param("stiffness", self.stiffness, values, (self.num_envs, self.num_springs), positive=True)
+
+    def set_masses(self, values) -> None:
+        """Per-env masses of all particles: broadcastable to (E, n), kg; free particles > 0."""
+        vals = np.broadcast_to(np.asarray(values, dtype=np.float64), (self.num_envs, self.num_particles))
+        free = ~self.scene.is_handle
+        bad = np.argwhere(~(vals[:, free] > 0))
+        if bad.size:
+            e, k = bad[0]
+            p = int(np.flatnonzero(free)[k])
+            raise SceneError(f"mass[{e}, {p}] = {vals[e, p]!r}: must be > 0 for a free particle")
+        self._set_param("mass", self.mass, vals, (self.num_envs, self.num_particles), positive=False)
+
+    def _set_param(self, name, arr, values, shape, positive):
+        try:
+            vals = np.broadcast_to(np.asarray(values, dtype=np.float64), shape)
+        except ValueError:
+            raise SceneError(f"{name}: shape {np.shape(values)} does not broadcast to {shape}") from None
+        if not np.all(np.isfinite(vals)):
+            raise SceneError(f"{name}: values must be finite")
+        if positive and np.any(vals <= 0):
+            idx = tuple(int(v) for v in np.argwhere(vals <= 0)[0])
+            raise SceneError(f"{name}{list(idx)} = {vals[idx]!r}: must be > 0")
+        arr.assign(wp.array(np.ascontiguousarray(vals, dtype=self.np_dtype), dtype=self.dtype, device=self.device))
+
+    # -- states and controls -------------------------------------------------------------------
+    def state(self, positions=None, velocities=None) -> "State":
+        """A fresh :class:`State`; ``positions``/``velocities`` (E, n, dim) or (n, dim) default to
+        the scene's initial values. The BDF2 history is set by constant-velocity extrapolation."""
+        st = State(self)
+        st.reset(positions, velocities)
+        return st
+
+    def control(self) -> "Control":
+        return Control(self)
+
+
+class State:
+    """Per-step simulator state (double-buffer two of these).
+
+    Attributes:
+        x: (E, n) vec, positions at t_k (m).
+        v: (E, n) vec, velocities at t_k (m/s); for handles the last commanded velocity.
+        x_prev: (E, n) vec, positions at t_{k-1} (BDF2 history).
+        v_prev: (E, n) vec, velocities at t_{k-1}.
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        shape = (model.num_envs, model.num_particles)
+        self.x = wp.zeros(shape, dtype=model.vec, device=model.device)
+        self.v = wp.zeros_like(self.x)
+        self.x_prev = wp.zeros_like(self.x)
+        self.v_prev = wp.zeros_like(self.x)
+
+    def arrays(self):
+        return (self.x, self.v, self.x_prev, self.v_prev)
+
+    def reset(self, positions=None, velocities=None, env_mask=None) -> None:
+        """Set positions/velocities (host data, (E, n, dim) or (n, dim)) for all envs, or for the
+        envs where the boolean ``env_mask`` (E,) is true; the history becomes
+        ``x_prev = x - dt v``, ``v_prev = v``."""
+        m = self.model
+        shape = (m.num_envs, m.num_particles, m.dim)
+        x = _broadcast_state(positions if positions is not None else m.scene.positions, shape, "positions")
+        v = _broadcast_state(velocities if velocities is not None else m.scene.velocities, shape, "velocities")
+        v = v.copy()
+        v[:, m.scene.is_handle] = 0.0
+        xp = x - m.dt * v
+        if env_mask is not None:
+            mask = np.asarray(env_mask, dtype=bool)
+            if mask.shape != (m.num_envs,):
+                raise SceneError(f"env_mask: shape {mask.shape} != ({m.num_envs},)")
+            cur = [a.numpy().copy() for a in self.arrays()]
+            for c, new in zip(cur, (x, v, xp, v)):
+                c[mask] = new[mask]
+            x, v, xp, vv = cur
+        else:
+            vv = v
+        for arr, val in zip(self.arrays(), (x, v, xp, vv)):
+            arr.assign(wp.array(val.astype(m.np_dtype), dtype=m.vec, device=m.device))
+
+    def assign(self, other: "State") -> None:
+        """Copy ``other`` into this state (device copy, no host round trip)."""
+        for a, b in zip(self.arrays(), other.arrays()):
+            wp.copy(a, b)
+
+    def flat(self) -> np.ndarray:
+        """Host copy of the full state vector ``s = [x, v, x_prev, v_prev]``, shape (E, 4 n dim)."""
+        E = self.model.num_envs
+        return np.concatenate([a.numpy().reshape(E, -1) for a in self.arrays()], axis=1)
+
+
+class Control:
+    """Per-step actions. ``action``: (E, h) vec — commanded handle velocities in m/s, clipped
+    per axis to ``model.velocity_limit`` inside the step."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.action = wp.zeros((model.num_envs, max(model.num_handles, 1)), dtype=model.vec, device=model.device)
+
+
+def _broadcast_state(value, shape, field) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.broadcast_to(arr, shape)
+    except ValueError:
+        raise SceneError(f"{field}: shape {np.shape(value)} does not broadcast to {shape}") from None
+    if not np.all(np.isfinite(arr)):
+        raise SceneError(f"{field}: values must be finite")
+    return np.array(arr)

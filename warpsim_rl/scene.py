@@ -1,0 +1,526 @@
+"""Scene description: particles, springs, handles, geometry — built in Python or read from TOML.
+
+A :class:`Scene` is a validated, immutable, host-side (numpy) description of one environment.
+:meth:`Scene.build` turns it into a batched :class:`~warpsim_rl.model.Model` on a Warp device.
+The TOML loader drives the same :class:`SceneBuilder` calls as Python code, so both routes
+produce identical scenes by construction (``tests/test_scene.py`` checks it).
+
+Units: SI throughout (m, kg, s, N/m, N·s/m). Gravity acts along the scene's ``gravity`` vector;
+the shipped scenes are y-up, 2D scenes live in the x–y plane.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "SceneError",
+    "SceneBuilder",
+    "Scene",
+    "Plane",
+    "Box",
+    "SolverSettings",
+    "load_scene",
+    "scene_names",
+    "SPRING_KINDS",
+]
+
+SPRING_KINDS = ("bilateral", "cable")
+
+
+class SceneError(ValueError):
+    """A scene (file or builder call) is invalid. The message names the field and the value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plane:
+    """Half-space boundary ``{x : normal·x >= offset}`` (geometry only until contact lands)."""
+
+    normal: tuple[float, ...]
+    offset: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """Axis-aligned box (e.g. a table): ``center`` and ``half_extents`` in m."""
+
+    center: tuple[float, ...]
+    half_extents: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverSettings:
+    """Newton solver settings for the implicit BDF2 step.
+
+    Attributes:
+        max_iters: Newton iterations before a step is reported as not converged.
+        tol: convergence tolerance on ``max|Δx| / dt`` of the Newton step, in m/s
+            (``None``: 1e-4 for float32, 1e-9 for float64).
+        line_search_max: maximum backtracking halvings per Newton iteration.
+    """
+
+    max_iters: int = 30
+    tol: float | None = None
+    line_search_max: int = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """Validated single-environment scene. Arrays are numpy, shapes use ``n`` particles,
+    ``m`` springs, ``h`` handles, ``dim`` in {2, 3}.
+
+    Attributes:
+        name: scene name.
+        dim: spatial dimension (2 or 3).
+        dt: time step in s.
+        gravity: (dim,) gravitational acceleration in m/s².
+        positions: (n, dim) initial positions in m.
+        velocities: (n, dim) initial velocities in m/s.
+        masses: (n,) masses in kg (0 for handles; handles are kinematic).
+        is_handle: (n,) bool.
+        particle_names: n names ("" when unnamed).
+        springs: (m, 2) int32 particle indices.
+        stiffness: (m,) N/m.
+        rest_length: (m,) m.
+        damping: (m,) N·s/m, acting on the stretch rate.
+        is_cable: (m,) bool — tension-only springs.
+        handles: (h,) int32 particle index of each handle, in action order.
+        velocity_limit: (h, dim) per-axis commanded-speed limit in m/s (0 locks an axis).
+        planes, boxes: geometry.
+        solver: Newton settings.
+        parameters: the parameters the scene was generated with (for procedural scenes).
+    """
+
+    name: str
+    dim: int
+    dt: float
+    gravity: np.ndarray
+    positions: np.ndarray
+    velocities: np.ndarray
+    masses: np.ndarray
+    is_handle: np.ndarray
+    particle_names: tuple[str, ...]
+    springs: np.ndarray
+    stiffness: np.ndarray
+    rest_length: np.ndarray
+    damping: np.ndarray
+    is_cable: np.ndarray
+    handles: np.ndarray
+    velocity_limit: np.ndarray
+    planes: tuple[Plane, ...] = ()
+    boxes: tuple[Box, ...] = ()
+    solver: SolverSettings = SolverSettings()
+    parameters: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_particles(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def num_springs(self) -> int:
+        return int(self.springs.shape[0])
+
+    @property
+    def num_handles(self) -> int:
+        return int(self.handles.shape[0])
+
+    @property
+    def free_particles(self) -> np.ndarray:
+        """Indices of the dynamic (non-handle) particles, in DOF order."""
+        return np.flatnonzero(~self.is_handle).astype(np.int32)
+
+    @property
+    def num_dofs(self) -> int:
+        """Unknowns of one Newton solve: free particles × dim."""
+        return int(self.free_particles.shape[0]) * self.dim
+
+    def particle_index(self, name: str) -> int:
+        try:
+            return self.particle_names.index(name)
+        except ValueError:
+            raise SceneError(f"{self.name}: no particle named {name!r}") from None
+
+    def build(self, num_envs: int = 1, device=None, dtype="float32"):
+        """Batched :class:`~warpsim_rl.model.Model` of ``num_envs`` copies on ``device``."""
+        from .model import Model
+
+        return Model(self, num_envs=num_envs, device=device, dtype=dtype)
+
+
+def _vec(value: Any, dim: int, field: str, *, finite: bool = True) -> tuple[float, ...]:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SceneError(f"{field} = {value!r}: expected {dim} numbers") from None
+    if arr.shape != (dim,):
+        raise SceneError(f"{field} = {value!r}: expected {dim} numbers for a {dim}D scene")
+    if finite and not np.all(np.isfinite(arr)):
+        raise SceneError(f"{field} = {value!r}: must be finite")
+    return tuple(float(v) for v in arr)
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SceneError(f"{field} = {value!r}: expected a number")
+    if not math.isfinite(float(value)):
+        raise SceneError(f"{field} = {value!r}: must be finite")
+    return float(value)
+
+
+class SceneBuilder:
+    """Imperative construction of a :class:`Scene`; every call validates its arguments.
+
+    Example::
+
+        b = SceneBuilder("my_pendulum", dim=2, dt=0.02)
+        h = b.add_handle([0.0, 0.0], velocity_limit=[2.0, 2.0], name="handle")
+        p = b.add_particle([0.0, -1.0], mass=1.0, name="bob")
+        b.add_spring(h, p, stiffness=2e4)
+        scene = b.finalize()
+    """
+
+    def __init__(self, name: str, dim: int, dt: float, gravity: Sequence[float] | None = None):
+        if dim not in (2, 3):
+            raise SceneError(f"scene.dim = {dim!r}: must be 2 or 3")
+        dt = _number(dt, "scene.dt")
+        if dt <= 0.0:
+            raise SceneError(f"scene.dt = {dt!r}: must be > 0")
+        self.name = str(name)
+        self.dim = int(dim)
+        self.dt = dt
+        if gravity is None:
+            gravity = [0.0, -9.81] + [0.0] * (dim - 2)
+        self.gravity = _vec(gravity, dim, "scene.gravity")
+        self._pos: list[tuple[float, ...]] = []
+        self._vel: list[tuple[float, ...]] = []
+        self._mass: list[float] = []
+        self._handle: list[bool] = []
+        self._names: list[str] = []
+        self._vlimit: dict[int, tuple[float, ...]] = {}
+        self._springs: list[tuple[int, int]] = []
+        self._k: list[float] = []
+        self._rest: list[float] = []
+        self._damp: list[float] = []
+        self._cable: list[bool] = []
+        self._planes: list[Plane] = []
+        self._boxes: list[Box] = []
+        self.solver = SolverSettings()
+        self.parameters: dict = {}
+
+    # -- particles ---------------------------------------------------------------------------
+    def _field(self, kind: str, index: int, key: str) -> str:
+        return f"{kind}[{index}].{key}"
+
+    def add_particle(self, position, mass: float, velocity=None, name: str = "") -> int:
+        """Add a free (dynamic) particle; returns its index."""
+        i = len(self._pos)
+        pos = _vec(position, self.dim, self._field("particles", i, "position"))
+        m = _number(mass, self._field("particles", i, "mass"))
+        if m <= 0.0:
+            raise SceneError(f"{self._field('particles', i, 'mass')} = {mass!r}: must be > 0 for a free particle")
+        vel = _vec(velocity if velocity is not None else [0.0] * self.dim, self.dim,
+                   self._field("particles", i, "velocity"))
+        self._append_particle(pos, vel, m, False, name)
+        return i
+
+    def add_handle(self, position, velocity_limit, name: str = "") -> int:
+        """Add a kinematic handle driven by a velocity action; returns its particle index.
+
+        ``velocity_limit`` is the per-axis bound on the commanded speed in m/s (0 locks the axis).
+        """
+        i = len(self._pos)
+        pos = _vec(position, self.dim, self._field("particles", i, "position"))
+        lim = _vec(velocity_limit, self.dim, self._field("particles", i, "velocity_limit"))
+        if any(v < 0.0 for v in lim):
+            raise SceneError(f"{self._field('particles', i, 'velocity_limit')} = {list(lim)}: must be >= 0")
+        self._append_particle(pos, (0.0,) * self.dim, 0.0, True, name)
+        self._vlimit[i] = lim
+        return i
+
+    def _append_particle(self, pos, vel, mass, handle, name):
+        i = len(self._pos)
+        if name and name in self._names:
+            raise SceneError(f"particles[{i}].name = {name!r}: duplicate name")
+        self._pos.append(pos)
+        self._vel.append(vel)
+        self._mass.append(mass)
+        self._handle.append(handle)
+        self._names.append(str(name))
+
+    def resolve(self, ref, field: str) -> int:
+        """Particle index from an int index or a particle name."""
+        if isinstance(ref, str):
+            if ref not in self._names or ref == "":
+                raise SceneError(f"{field} = {ref!r}: no particle with that name (known: {[n for n in self._names if n]})")
+            return self._names.index(ref)
+        if isinstance(ref, bool) or not isinstance(ref, (int, np.integer)):
+            raise SceneError(f"{field} = {ref!r}: expected a particle index or name")
+        if not 0 <= int(ref) < len(self._pos):
+            raise SceneError(f"{field} = {ref!r}: particle index out of range [0, {len(self._pos)})")
+        return int(ref)
+
+    # -- springs -----------------------------------------------------------------------------
+    def add_spring(self, i, j, stiffness: float, rest_length: float | None = None,
+                   damping: float = 0.0, kind: str = "bilateral") -> int:
+        """Connect particles ``i`` and ``j`` (index or name). ``rest_length`` defaults to the
+        initial distance; ``kind`` is ``"bilateral"`` or ``"cable"`` (tension only)."""
+        s = len(self._springs)
+        f = lambda key: self._field("springs", s, key)  # noqa: E731
+        a = self.resolve(i, f("particles[0]"))
+        b = self.resolve(j, f("particles[1]"))
+        if a == b:
+            raise SceneError(f"{f('particles')} = [{i!r}, {j!r}]: a spring cannot join particle {a} to itself")
+        k = _number(stiffness, f("stiffness"))
+        if k <= 0.0:
+            raise SceneError(f"{f('stiffness')} = {stiffness!r}: must be > 0")
+        c = _number(damping, f("damping"))
+        if c < 0.0:
+            raise SceneError(f"{f('damping')} = {damping!r}: must be >= 0")
+        if kind not in SPRING_KINDS:
+            raise SceneError(f"{f('kind')} = {kind!r}: must be one of {list(SPRING_KINDS)}")
+        dist = float(np.linalg.norm(np.subtract(self._pos[a], self._pos[b])))
+        if rest_length is None:
+            if dist <= 1e-9:
+                raise SceneError(
+                    f"{f('rest_length')}: particles {a} and {b} coincide, so the default rest length "
+                    f"(their distance, {dist!r}) is zero; move them apart or give rest_length")
+            L = dist
+        else:
+            L = _number(rest_length, f("rest_length"))
+            if L < 0.0:
+                raise SceneError(f"{f('rest_length')} = {rest_length!r}: must be >= 0")
+            if L == 0.0 and dist <= 1e-9:
+                raise SceneError(f"{f('rest_length')} = 0 with coincident particles {a} and {b}: the spring has no direction")
+        if self._handle[a] and self._handle[b]:
+            raise SceneError(f"{f('particles')} = [{i!r}, {j!r}]: both ends are handles; the spring would do nothing")
+        self._springs.append((a, b))
+        self._k.append(k)
+        self._rest.append(L)
+        self._damp.append(c)
+        self._cable.append(kind == "cable")
+        return s
+
+    def add_chain(self, start, end, segments: int, mass: float, stiffness: float,
+                  damping: float = 0.0, kind: str = "bilateral", name: str = "chain") -> list[int]:
+        """A straight chain of ``segments`` springs from particle ``start`` (index or name) to the
+        point ``end``, adding ``segments`` new particles of ``mass`` kg each (the last at ``end``).
+        Returns the new particle indices."""
+        field = f"chains.{name}"
+        if isinstance(segments, bool) or not isinstance(segments, (int, np.integer)) or segments < 1:
+            raise SceneError(f"{field}.segments = {segments!r}: must be an integer >= 1")
+        a = self.resolve(start, f"{field}.start")
+        p0 = np.asarray(self._pos[a])
+        p1 = np.asarray(_vec(end, self.dim, f"{field}.end"))
+        prev, new = a, []
+        for s in range(1, segments + 1):
+            p = self.add_particle(p0 + (p1 - p0) * s / segments, mass, name=f"{name}{s}")
+            self.add_spring(prev, p, stiffness, damping=damping, kind=kind)
+            new.append(p)
+            prev = p
+        return new
+
+    # -- geometry and settings ---------------------------------------------------------------
+    def add_plane(self, normal, offset: float = 0.0) -> None:
+        i = len(self._planes)
+        n = np.asarray(_vec(normal, self.dim, f"planes[{i}].normal"))
+        norm = float(np.linalg.norm(n))
+        if norm < 1e-12:
+            raise SceneError(f"planes[{i}].normal = {list(n)}: must be non-zero")
+        self._planes.append(Plane(tuple(float(v) for v in n / norm), _number(offset, f"planes[{i}].offset")))
+
+    def add_box(self, center, half_extents) -> None:
+        i = len(self._boxes)
+        c = _vec(center, self.dim, f"boxes[{i}].center")
+        he = _vec(half_extents, self.dim, f"boxes[{i}].half_extents")
+        if any(v <= 0 for v in he):
+            raise SceneError(f"boxes[{i}].half_extents = {list(he)}: must be > 0")
+        self._boxes.append(Box(c, he))
+
+    def set_solver(self, max_iters: int | None = None, tol: float | None = None,
+                   line_search_max: int | None = None) -> None:
+        cur = self.solver
+        if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 1):
+            raise SceneError(f"solver.max_iters = {max_iters!r}: must be an integer >= 1")
+        if tol is not None and (_number(tol, "solver.tol") <= 0):
+            raise SceneError(f"solver.tol = {tol!r}: must be > 0")
+        if line_search_max is not None and (not isinstance(line_search_max, int) or line_search_max < 0):
+            raise SceneError(f"solver.line_search_max = {line_search_max!r}: must be an integer >= 0")
+        self.solver = SolverSettings(
+            max_iters=cur.max_iters if max_iters is None else max_iters,
+            tol=cur.tol if tol is None else float(tol),
+            line_search_max=cur.line_search_max if line_search_max is None else line_search_max,
+        )
+
+    def finalize(self) -> Scene:
+        """Validate the whole scene and return the immutable :class:`Scene`."""
+        n = len(self._pos)
+        if n == 0:
+            raise SceneError(f"{self.name}: scene has no particles")
+        if not any(not h for h in self._handle):
+            raise SceneError(f"{self.name}: scene has no free particle to simulate")
+        handles = np.array([i for i in range(n) if self._handle[i]], dtype=np.int32)
+        vlim = np.array([self._vlimit[int(i)] for i in handles], dtype=np.float64).reshape(-1, self.dim)
+        return Scene(
+            name=self.name,
+            dim=self.dim,
+            dt=self.dt,
+            gravity=np.array(self.gravity, dtype=np.float64),
+            positions=np.array(self._pos, dtype=np.float64).reshape(n, self.dim),
+            velocities=np.array(self._vel, dtype=np.float64).reshape(n, self.dim),
+            masses=np.array(self._mass, dtype=np.float64),
+            is_handle=np.array(self._handle, dtype=bool),
+            particle_names=tuple(self._names),
+            springs=np.array(self._springs, dtype=np.int32).reshape(-1, 2),
+            stiffness=np.array(self._k, dtype=np.float64),
+            rest_length=np.array(self._rest, dtype=np.float64),
+            damping=np.array(self._damp, dtype=np.float64),
+            is_cable=np.array(self._cable, dtype=bool),
+            handles=handles,
+            velocity_limit=vlim,
+            planes=tuple(self._planes),
+            boxes=tuple(self._boxes),
+            solver=self.solver,
+            parameters=dict(self.parameters),
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# TOML loading
+# ------------------------------------------------------------------------------------------
+
+_TOP_KEYS = {"scene", "parameters", "solver", "particles", "springs", "chains", "planes", "boxes"}
+_SCENE_KEYS = {"name", "description", "dim", "dt", "gravity"}
+_PARTICLE_KEYS = {"name", "position", "mass", "velocity", "handle", "velocity_limit"}
+_SPRING_KEYS = {"particles", "stiffness", "rest_length", "damping", "kind"}
+_CHAIN_KEYS = {"name", "start", "end", "segments", "mass", "stiffness", "damping", "kind"}
+
+
+def _scene_dir():
+    return resources.files("warpsim_rl.scenes")
+
+
+def scene_names() -> list[str]:
+    """Names of the scenes shipped in ``scenes/``."""
+    return sorted(p.name[:-5] for p in _scene_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def _substitute(value, params: dict, field: str):
+    """Replace ``"$name"`` strings by parameter values, recursively."""
+    if isinstance(value, str) and value.startswith("$"):
+        key = value[1:]
+        if key not in params:
+            raise SceneError(f"{field} = {value!r}: unknown parameter (known: {sorted(params)})")
+        return params[key]
+    if isinstance(value, list):
+        return [_substitute(v, params, f"{field}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute(v, params, f"{field}.{k}") for k, v in value.items()}
+    return value
+
+
+def _check_keys(table: dict, allowed: set, field: str):
+    if not isinstance(table, dict):
+        raise SceneError(f"{field} = {table!r}: expected a table")
+    extra = set(table) - allowed
+    if extra:
+        raise SceneError(f"{field}: unknown key(s) {sorted(extra)} (allowed: {sorted(allowed)})")
+
+
+def _require(table: dict, key: str, field: str):
+    if key not in table:
+        raise SceneError(f"{field}.{key}: missing")
+    return table[key]
+
+
+def scene_from_dict(data: dict, source: str = "<dict>", **overrides) -> Scene:
+    """Build a :class:`Scene` from a parsed TOML document. ``overrides`` replace entries of the
+    ``[parameters]`` table (unknown ones raise)."""
+    try:
+        return _scene_from_dict(data, **overrides)
+    except SceneError as e:
+        raise SceneError(f"{source}: {e}") from None
+
+
+def _scene_from_dict(data: dict, **overrides) -> Scene:
+    _check_keys(data, _TOP_KEYS, "<top level>")
+    params = dict(data.get("parameters", {}))
+    unknown = set(overrides) - set(params)
+    if unknown:
+        raise SceneError(f"parameters: unknown override(s) {sorted(unknown)} (known: {sorted(params)})")
+    params.update(overrides)
+    data = _substitute({k: v for k, v in data.items() if k != "parameters"}, params, "")
+
+    sc = data.get("scene")
+    if sc is None:
+        raise SceneError("[scene]: missing table")
+    _check_keys(sc, _SCENE_KEYS, "scene")
+    b = SceneBuilder(_require(sc, "name", "scene"), dim=_require(sc, "dim", "scene"),
+                     dt=_require(sc, "dt", "scene"), gravity=sc.get("gravity"))
+    b.parameters = params
+    if "solver" in data:
+        _check_keys(data["solver"], {"max_iters", "tol", "line_search_max"}, "solver")
+        b.set_solver(**data["solver"])
+    for i, p in enumerate(data.get("particles", [])):
+        f = f"particles[{i}]"
+        _check_keys(p, _PARTICLE_KEYS, f)
+        if p.get("handle", False):
+            for bad in ("mass", "velocity"):
+                if bad in p:
+                    raise SceneError(f"{f}.{bad}: a handle is kinematic and takes no {bad}")
+            b.add_handle(_require(p, "position", f), _require(p, "velocity_limit", f), name=p.get("name", ""))
+        else:
+            if "velocity_limit" in p:
+                raise SceneError(f"{f}.velocity_limit: only handles (handle = true) take a velocity limit")
+            b.add_particle(_require(p, "position", f), _require(p, "mass", f), p.get("velocity"), name=p.get("name", ""))
+    for i, c in enumerate(data.get("chains", [])):
+        f = f"chains[{i}]"
+        _check_keys(c, _CHAIN_KEYS, f)
+        b.add_chain(_require(c, "start", f), _require(c, "end", f), _require(c, "segments", f),
+                    _require(c, "mass", f), _require(c, "stiffness", f), c.get("damping", 0.0),
+                    c.get("kind", "bilateral"), name=c.get("name", f"chain{i}_"))
+    for i, s in enumerate(data.get("springs", [])):
+        f = f"springs[{i}]"
+        _check_keys(s, _SPRING_KEYS, f)
+        ends = _require(s, "particles", f)
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise SceneError(f"{f}.particles = {ends!r}: expected two particle indices or names")
+        b.add_spring(ends[0], ends[1], _require(s, "stiffness", f), s.get("rest_length"),
+                     s.get("damping", 0.0), s.get("kind", "bilateral"))
+    for i, p in enumerate(data.get("planes", [])):
+        _check_keys(p, {"normal", "offset"}, f"planes[{i}]")
+        b.add_plane(_require(p, "normal", f"planes[{i}]"), p.get("offset", 0.0))
+    for i, bx in enumerate(data.get("boxes", [])):
+        _check_keys(bx, {"center", "half_extents"}, f"boxes[{i}]")
+        b.add_box(_require(bx, "center", f"boxes[{i}]"), _require(bx, "half_extents", f"boxes[{i}]"))
+    return b.finalize()
+
+
+def load_scene(name_or_path: str | Path, **parameters) -> Scene:
+    """Load a shipped scene by name (see :func:`scene_names`) or a TOML file by path.
+
+    Keyword arguments override the scene's ``[parameters]`` (e.g. ``num_particles=30`` for
+    ``rope3d``).
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise SceneError(f"scene file {str(path)!r} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        names = scene_names()
+        if str(name_or_path) not in names:
+            raise SceneError(f"unknown scene {str(name_or_path)!r}; known scenes: {names}")
+        res = _scene_dir() / f"{name_or_path}.toml"
+        text, source = res.read_text(), f"scenes/{name_or_path}.toml"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SceneError(f"{source}: malformed TOML: {e}") from None
+    return scene_from_dict(data, source, **parameters)
