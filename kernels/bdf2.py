@@ -81,6 +81,27 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                     la.band_add(H, e, B, r * dim + a, c * dim + b, sign * K[a, b])
 
     @wp.func
+    def get_vec(a: wp.array2d(dtype=dtype), e: int, f: int):
+        v = vec()
+        for d in range(dim):
+            v[d] = a[f * dim + d, e]
+        return v
+
+    @wp.func
+    def store_targets(e: int, x_in: wp.array2d(dtype=vec), v_in: wp.array2d(dtype=vec),
+                      xp_in: wp.array2d(dtype=vec), vp_in: wp.array2d(dtype=vec),
+                      free_index: wp.array(dtype=int), h: dtype,
+                      y_t: wp.array2d(dtype=dtype), x_hat: wp.array2d(dtype=dtype)):
+        """Write the inertial target ``y`` and ``x_hat`` of every free DOF (module doc)."""
+        for p in range(free_index.shape[0]):
+            f = free_index[p]
+            if f >= 0:
+                xh, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
+                for d in range(dim):
+                    y_t[f * dim + d, e] = y[d]
+                    x_hat[f * dim + d, e] = xh[d]
+
+    @wp.func
     def add_vec(g: wp.array2d(dtype=dtype), e: int, f: int, v: vec):
         for a in range(dim):
             g[f * dim + a, e] = g[f * dim + a, e] + v[a]
@@ -90,9 +111,8 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         e: int,
         xq: wp.array2d(dtype=vec),
         x_in: wp.array2d(dtype=vec),
-        v_in: wp.array2d(dtype=vec),
-        xp_in: wp.array2d(dtype=vec),
-        vp_in: wp.array2d(dtype=vec),
+        y_t: wp.array2d(dtype=dtype),
+        x_hat: wp.array2d(dtype=dtype),
         v_handle: wp.array2d(dtype=vec),
         mass: wp.array2d(dtype=dtype),
         free_index: wp.array(dtype=int),
@@ -111,8 +131,9 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         H: wp.array2d(dtype=dtype),
     ):
         """Incremental potential ``Phi`` at ``xq[e]``; writes its gradient into ``g`` and its
-        Hessian into the band ``H`` (both (re)initialised here). ``v_handle`` holds the handle
-        velocities of the step (read for handles only)."""
+        Hessian into the band ``H`` (both (re)initialised here). ``y_t``/``x_hat`` (N, E) hold the
+        step's inertial target and ``x_hat`` (:func:`store_targets`); ``x_in`` the positions at
+        the start of the step (damping direction); ``v_handle`` the handle velocities."""
         beta = dtype(4.0) * h * h / dtype(9.0)
         kappa = dtype(1.5) / h
         for i in range(N):
@@ -125,8 +146,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             f = free_index[p]
             if f >= 0:
                 m = mass[e, p]
-                x_hat, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
-                r = xq[e, p] - y
+                r = xq[e, p] - get_vec(y_t, e, f)
                 phi += dtype(0.5) * m * wp.dot(r, r) - beta * m * wp.dot(gravity, r)
                 add_vec(g, e, f, m * r - (beta * m) * gravity)
                 for a in range(dim):
@@ -148,11 +168,9 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                     vi = v_handle[e, pi]
                     vj = v_handle[e, pj]
                     if fi >= 0:
-                        xh, yy = inertial_target(x_in[e, pi], v_in[e, pi], xp_in[e, pi], vp_in[e, pi], h)
-                        vi = kappa * (xi - xh)
+                        vi = kappa * (xi - get_vec(x_hat, e, fi))
                     if fj >= 0:
-                        xh, yy = inertial_target(x_in[e, pj], v_in[e, pj], xp_in[e, pj], vp_in[e, pj], h)
-                        vj = kappa * (xj - xh)
+                        vj = kappa * (xj - get_vec(x_hat, e, fj))
                     ud, gd, Kd = el.damping_terms(vi - vj, d0 / l0, c, kappa)
                     u += ud
                     gr += gd
@@ -209,6 +227,8 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         g: wp.array2d(dtype=dtype),
         dx: wp.array2d(dtype=dtype),
         base: wp.array2d(dtype=dtype),
+        y_t: wp.array2d(dtype=dtype),
+        x_hat: wp.array2d(dtype=dtype),
         step_index: int,
         # outputs
         x_out: wp.array2d(dtype=vec),
@@ -237,11 +257,12 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             x_out[e, p] = x_in[e, p] + h * ac
             v_out[e, p] = ac
         # predictor: the inertial target y
+        store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
         for p in range(n):
-            if free_index[p] >= 0:
-                xh, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
-                x_out[e, p] = y
-        phi = assemble(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
+            f = free_index[p]
+            if f >= 0:
+                x_out[e, p] = get_vec(y_t, e, f)
+        phi = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j,
                        stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
         st = STATUS_MAX_ITERS
         it = int(0)
@@ -300,7 +321,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             noise = dtype(NOISE) * wp.abs(phi)
             for ls in range(ls_max + 1):
                 set_iterate(e, free_index, base, dx, alpha, x_out)
-                phi_t = assemble(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i,
+                phi_t = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
                                  spring_j, stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
                 slope_t = dtype(0.0)
                 for i in range(N):
@@ -315,9 +336,9 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         # velocities of the free particles
         kappa = dtype(1.5) / h
         for p in range(n):
-            if free_index[p] >= 0:
-                xh, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
-                v_out[e, p] = kappa * (x_out[e, p] - xh)
+            f = free_index[p]
+            if f >= 0:
+                v_out[e, p] = kappa * (x_out[e, p] - get_vec(x_hat, e, f))
         status[e] = st
         iters[e] = it
         residual[e] = res
@@ -346,14 +367,19 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         N: int,
         B: int,
         project: int,
+        y_t: wp.array2d(dtype=dtype),
+        x_hat: wp.array2d(dtype=dtype),
         g: wp.array2d(dtype=dtype),
         H: wp.array2d(dtype=dtype),
         phi: wp.array(dtype=dtype),
     ):
-        """Diagnostic: ``Phi``, its gradient and banded Hessian at ``xq`` (handles at ``xq`` too)."""
+        """Diagnostic: ``Phi``, its gradient and banded Hessian at ``xq`` (handles at ``xq`` too);
+        ``y_t``/``x_hat`` are (N, E) scratch."""
         e = wp.tid()
-        phi[e] = assemble(e, xq, x_in, v_in, xp_in, vp_in, v_handle, mass, free_index, spring_i, spring_j,
+        store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
+        phi[e] = assemble(e, xq, x_in, y_t, x_hat, v_handle, mass, free_index, spring_i, spring_j,
                           stiffness, rest, damping, cable, gravity, h, N, B, project, g, H)
 
     return SimpleNamespace(vec=vec, mat=mat, bdf2_step=bdf2_step, potential=potential, assemble=assemble,
-                           inertial_target=inertial_target, add_block=add_block, add_vec=add_vec)
+                           inertial_target=inertial_target, add_block=add_block, add_vec=add_vec,
+                           get_vec=get_vec, store_targets=store_targets)
