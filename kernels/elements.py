@@ -61,7 +61,19 @@ def element_funcs(dtype, dim: int) -> SimpleNamespace:
         hess = (c * kappa) * wp.outer(u, u)
         return energy, grad, hess
 
-    return SimpleNamespace(vec=vec, mat=mat, spring_terms=spring_terms, damping_terms=damping_terms)
+    @wp.func
+    def damping_direction_jacobian(rel_vel: vec, d0: vec, c: dtype):
+        """``P = d(grad_i D)/d d0`` where the damping direction is ``u = d0 / |d0|`` and
+        ``d0 = x_i - x_j`` at the start of the step: ``P = c (u rel_vel^T + s I)(I - u u^T) / |d0|``
+        with ``s = u . rel_vel``."""
+        l0 = wp.length(d0)
+        u = d0 / l0
+        s = wp.dot(u, rel_vel)
+        eye = wp.identity(n=dim, dtype=dtype)
+        return (c / l0) * ((wp.outer(u, rel_vel) + s * eye) * (eye - wp.outer(u, u)))
+
+    return SimpleNamespace(vec=vec, mat=mat, spring_terms=spring_terms, damping_terms=damping_terms,
+                           damping_direction_jacobian=damping_direction_jacobian)
 
 
 @functools.cache

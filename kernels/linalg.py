@@ -61,7 +61,25 @@ def band_funcs(dtype) -> SimpleNamespace:
                 s = s - H[k * w + (k - i), e] * out[k, e]
             out[i, e] = s / H[i * w, e]
 
-    return SimpleNamespace(band_add=band_add, band_cholesky=band_cholesky, band_solve=band_solve)
+    @wp.func
+    def band_solve_column(H: wp.array2d(dtype=dtype), e: int, N: int, B: int,
+                          M: wp.array3d(dtype=dtype), col: int):
+        """In place ``M[e, :N, col] <- (L L^T)^-1 M[e, :N, col]`` (a column of a batched dense
+        matrix, e.g. a Jacobian being assembled)."""
+        w = B + 1
+        for i in range(N):
+            s = M[e, i, col]
+            for k in range(wp.max(0, i - B), i):
+                s = s - H[i * w + (i - k), e] * M[e, k, col]
+            M[e, i, col] = s / H[i * w, e]
+        for i in range(N - 1, -1, -1):
+            s = M[e, i, col]
+            for k in range(i + 1, wp.min(N, i + w)):
+                s = s - H[k * w + (k - i), e] * M[e, k, col]
+            M[e, i, col] = s / H[i * w, e]
+
+    return SimpleNamespace(band_add=band_add, band_cholesky=band_cholesky, band_solve=band_solve,
+                           band_solve_column=band_solve_column)
 
 
 @functools.cache

@@ -3,6 +3,7 @@
 Subcommands:
     throughput  env-steps/s of the batched BDF2 step for one scene (random actions within the
                 handle limits), with Newton iteration statistics.
+    gradients   cost of the reverse pass and of all per-step Jacobians of a rollout.
     scaling     throughput of ``rope3d`` as its particle count grows.
 
 Timings exclude kernel compilation (one warm-up step) and synchronise the device before the
@@ -101,6 +102,121 @@ def throughput(scene: str, envs: int, steps: int = 100, device=None, dtype="floa
     }
 
 
+def _peak_mem_mb(device) -> float:
+    """Peak memory of this process: resident set on the CPU, device allocations on CUDA."""
+    if device.is_cuda:
+        import torch
+
+        return (torch.cuda.max_memory_allocated() + wp.get_mempool_used_mem_high(device)) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def gradients(scene: str, envs: int, steps: int = 50, device=None, dtype="float32", seed: int = 0,
+              repeats: int = 3, scene_params: dict | None = None) -> dict:
+    """Cost of a T-step rollout's reverse pass (implicit adjoints) and of all its per-step
+    Jacobians, relative to the forward rollout. Times are medians over ``repeats``.
+
+    * ``forward_plain_s``: the rollout with double-buffered states (what plain simulation costs);
+    * ``forward_s``: the rollout keeping all T+1 states for the reverse pass;
+    * ``backward_s``: the reverse sweep over the stored trajectory (one adjoint launch per step);
+    * ``jacobian_s``: A_t and B_t for all T steps into preallocated (T, E, ns, ns)/(T, E, ns, na).
+    """
+    from .autodiff import Differentiator
+
+    sc = load_scene(scene, **(scene_params or {}))
+    model = sc.build(num_envs=envs, device=device, dtype=dtype)
+    sim = Simulator(model)
+    diff = Differentiator(sim)
+    rng = np.random.default_rng(seed)
+    vel = np.broadcast_to(sc.velocities, (envs,) + sc.velocities.shape).copy()
+    vel[:, ~sc.is_handle] += rng.normal(0.0, 0.5, size=(envs, 1, sc.dim))
+    actions = _random_actions(model, rng, steps)
+    traj = [model.state(velocities=vel) for _ in range(steps + 1)]
+    adj = [model.state() for _ in range(2)]
+    adj_a = wp.zeros_like(actions[0])
+    adj_k = wp.zeros_like(model.stiffness)
+    adj_m = wp.zeros_like(model.mass)
+    A = wp.zeros((steps, envs, model.num_state, model.num_state), dtype=model.dtype, device=model.device)
+    B = wp.zeros((steps, envs, model.num_state, model.num_actions), dtype=model.dtype, device=model.device)
+    s0, s1 = model.state(velocities=vel), model.state()
+
+    def run_plain():
+        a, b = s0, s1
+        a.reset(velocities=vel)
+        for t in range(steps):
+            sim.launch(a.arrays(), actions[t], b.arrays())
+            a, b = b, a
+
+    def run_stored():
+        for t in range(steps):
+            sim.launch(traj[t].arrays(), actions[t], traj[t + 1].arrays(), cache=False)
+
+    def run_backward():
+        for st in adj:
+            for arr in st.arrays():
+                arr.zero_()
+        for t in range(steps - 1, -1, -1):
+            g_out, g_in = adj[(steps - t) % 2], adj[(steps - t + 1) % 2]
+            for arr in g_in.arrays():
+                arr.zero_()
+            diff.vjp(traj[t].arrays(), actions[t], traj[t + 1].arrays(), g_out.arrays(), g_in.arrays(),
+                     adj_a, adj_k, adj_m)
+
+    def run_jacobians():
+        for t in range(steps):
+            diff.jacobians(traj[t].arrays(), actions[t], traj[t + 1].arrays(), A[t], B[t])
+
+    def timed(fn):
+        fn()  # warm-up (compilation)
+        wp.synchronize_device(model.device)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            wp.synchronize_device(model.device)
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    forward_plain = timed(run_plain)
+    forward = timed(run_stored)
+    sim.clear_failures()
+    run_stored()
+    envs_failed, _, _ = sim.failures()
+    backward = timed(run_backward)
+    jac = timed(run_jacobians)
+    jac_ok = bool(diff.ok.numpy().all())
+    dev = resolve_device(device)
+    return {
+        "benchmark": "gradients",
+        "scene": scene,
+        "envs": envs,
+        "steps": steps,
+        "dofs": model.num_dofs,
+        "state_size": model.num_state,
+        "action_size": model.num_actions,
+        "device": str(dev),
+        "dtype": dtype_name(dtype),
+        "repeats": repeats,
+        "forward_plain_s": forward_plain,
+        "forward_s": forward,
+        "backward_s": backward,
+        "jacobian_s": jac,
+        "backward_over_forward": backward / forward,
+        "jacobian_over_forward": jac / forward,
+        "backward_over_forward_plain": backward / forward_plain,
+        "jacobian_over_forward_plain": jac / forward_plain,
+        "jacobian_buffer_mb": (A.capacity + B.capacity) / 2**20,
+        "trajectory_mb": sum(a.capacity for st in traj for a in st.arrays()) / 2**20,
+        "peak_mem_mb": _peak_mem_mb(dev),
+        "failed_envs": len(envs_failed),
+        "jacobians_ok": jac_ok,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "warp": wp.__version__,
+    }
+
+
 def scaling(envs: int, particles: list[int], steps: int, device=None, dtype="float32") -> dict:
     rows = [throughput("rope3d", envs, steps, device, dtype, scene_params={"num_particles": n}) for n in particles]
     return {"benchmark": "scaling", "scene": "rope3d", "envs": envs, "rows": rows}
@@ -120,6 +236,14 @@ def main(argv=None) -> int:
     t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="scene parameter override, e.g. num_particles=20")
     t.add_argument("--json", action="store_true", help="print one JSON object")
+    gr = sub.add_parser("gradients", help="reverse pass and Jacobian cost vs the forward rollout")
+    gr.add_argument("--scene", required=True)
+    gr.add_argument("--envs", type=int, default=4096)
+    gr.add_argument("--steps", type=int, default=50)
+    gr.add_argument("--device", default="cpu")
+    gr.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    gr.add_argument("--repeats", type=int, default=3)
+    gr.add_argument("--json", action="store_true")
     s = sub.add_parser("scaling", help="rope3d throughput vs particle count")
     s.add_argument("--envs", type=int, default=1024)
     s.add_argument("--particles", type=int, nargs="+", default=[5, 10, 20, 40])
@@ -135,6 +259,8 @@ def main(argv=None) -> int:
             params[k] = json.loads(v)
         out = throughput(args.scene, args.envs, args.steps, args.device, args.dtype, scene_params=params,
                          repeats=args.repeats)
+    elif args.cmd == "gradients":
+        out = gradients(args.scene, args.envs, args.steps, args.device, args.dtype, repeats=args.repeats)
     else:
         out = scaling(args.envs, args.particles, args.steps, args.device, args.dtype)
     if args.json:

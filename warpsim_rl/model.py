@@ -39,6 +39,9 @@ class Model:
         mass: (E, n) kg, per environment (handles: 0, unused).
         free_index: (n,) int32, DOF block of each particle, -1 for handles.
         handle_particle: (h,) int32 particle index of each handle (action order).
+        handle_index: (n,) int32 handle number of each particle, -1 for free particles.
+        num_state: ``ns = 4 N + h dim``, size of the Markov state ``[x_f, v_f, x_prev_f, v_prev_f, x_h]``.
+        num_actions: ``na = h dim``.
         velocity_limit: (h,) vec, m/s.
         spring_i, spring_j: (m,) int32 end particles.
         stiffness: (E, m) N/m, per environment. rest_length: (E, m) m, per environment.
@@ -73,6 +76,12 @@ class Model:
         free[scene.free_particles] = np.arange(len(scene.free_particles), dtype=np.int32)
         self.free_index = wp.array(free, dtype=wp.int32, device=d)
         self.handle_particle = wp.array(scene.handles, dtype=wp.int32, device=d)
+        hidx = np.full(scene.num_particles, -1, dtype=np.int32)
+        hidx[scene.handles] = np.arange(scene.num_handles, dtype=np.int32)
+        self.handle_index = wp.array(hidx, dtype=wp.int32, device=d)
+        # Markov state of the Jacobians: [x_f, v_f, x_prev_f, v_prev_f, x_h] (see kernels/adjoint.py)
+        self.num_state = 4 * self.num_dofs + self.num_handles * self.dim
+        self.num_actions = self.num_handles * self.dim
         self.velocity_limit = wp.array(scene.velocity_limit.astype(self.np_dtype).reshape(-1, self.dim),
                                        dtype=self.vec, device=d)
         self.mass = wp.array(np.tile(scene.masses.astype(self.np_dtype), (E, 1)), dtype=self.dtype, device=d)
@@ -84,6 +93,12 @@ class Model:
         self.is_cable = wp.array(scene.is_cable.astype(np.int32), dtype=wp.int32, device=d)
 
     # -- per-environment parameters ------------------------------------------------------------
+    def enable_parameter_grads(self) -> None:
+        """Allocate ``stiffness.grad`` and ``mass.grad`` so ``wp.Tape`` rollouts (see
+        :meth:`warpsim_rl.autodiff.Differentiator.step_tape`) accumulate parameter gradients."""
+        self.stiffness.requires_grad = True
+        self.mass.requires_grad = True
+
     def set_stiffness(self, values) -> None:
         """Per-env stiffness: array-like broadcastable to (E, m), N/m, all > 0."""
         self._set_param("stiffness", self.stiffness, values, (self.num_envs, self.num_springs), positive=True)
@@ -112,15 +127,16 @@ class Model:
         arr.assign(wp.array(np.ascontiguousarray(vals, dtype=self.np_dtype), dtype=self.dtype, device=self.device))
 
     # -- states and controls -------------------------------------------------------------------
-    def state(self, positions=None, velocities=None) -> "State":
+    def state(self, positions=None, velocities=None, requires_grad: bool = False) -> "State":
         """A fresh :class:`State`; ``positions``/``velocities`` (E, n, dim) or (n, dim) default to
-        the scene's initial values. The BDF2 history is set by constant-velocity extrapolation."""
-        st = State(self)
+        the scene's initial values. The BDF2 history is set by constant-velocity extrapolation.
+        ``requires_grad`` allocates gradient buffers (for ``wp.Tape`` rollouts)."""
+        st = State(self, requires_grad=requires_grad)
         st.reset(positions, velocities)
         return st
 
-    def control(self) -> "Control":
-        return Control(self)
+    def control(self, requires_grad: bool = False) -> "Control":
+        return Control(self, requires_grad=requires_grad)
 
 
 class State:
@@ -133,13 +149,11 @@ class State:
         v_prev: (E, n) vec, velocities at t_{k-1}.
     """
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, requires_grad: bool = False):
         self.model = model
         shape = (model.num_envs, model.num_particles)
-        self.x = wp.zeros(shape, dtype=model.vec, device=model.device)
-        self.v = wp.zeros_like(self.x)
-        self.x_prev = wp.zeros_like(self.x)
-        self.v_prev = wp.zeros_like(self.x)
+        self.x, self.v, self.x_prev, self.v_prev = (
+            wp.zeros(shape, dtype=model.vec, device=model.device, requires_grad=requires_grad) for _ in range(4))
 
     def arrays(self):
         return (self.x, self.v, self.x_prev, self.v_prev)
@@ -183,9 +197,10 @@ class Control:
     """Per-step actions. ``action``: (E, h) vec — commanded handle velocities in m/s, clipped
     per axis to ``model.velocity_limit`` inside the step."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, requires_grad: bool = False):
         self.model = model
-        self.action = wp.zeros((model.num_envs, max(model.num_handles, 1)), dtype=model.vec, device=model.device)
+        self.action = wp.zeros((model.num_envs, max(model.num_handles, 1)), dtype=model.vec, device=model.device,
+                               requires_grad=requires_grad)
 
 
 def _broadcast_state(value, shape, field) -> np.ndarray:

@@ -124,21 +124,26 @@ class Simulator:
         if check:
             self.check(last_step_only=True)
 
-    def launch(self, arrays_in, action: wp.array, arrays_out) -> None:
+    def launch(self, arrays_in, action: wp.array, arrays_out, stiffness: wp.array | None = None,
+               mass: wp.array | None = None, cache: bool = True) -> None:
         """Low-level launch on raw arrays ``(x, v, x_prev, v_prev)`` (no validation).
 
-        Launches are recorded once per combination of input/output/action arrays (the two
-        orders of a double buffer) and replayed, which keeps the per-step host overhead low."""
-        arrays = (*arrays_in, action, *arrays_out)
+        ``stiffness`` (E, m) and ``mass`` (E, n) default to the model's arrays. With ``cache``
+        the launch is recorded once per combination of arrays (the two orders of a double
+        buffer) and replayed, which keeps the per-step host overhead low; callers that wrap new
+        arrays every step (the torch bridge) pass ``cache=False``."""
+        m = self.model
+        stiffness = m.stiffness if stiffness is None else stiffness
+        mass = m.mass if mass is None else mass
+        arrays = (*arrays_in, action, *arrays_out, stiffness, mass)
         key = tuple(id(a) for a in arrays)
-        entry = self._launches.get(key)
+        entry = self._launches.get(key) if cache else None
         if entry is None:
-            m = self.model
             cmd = wp.launch(
                 self.kernels.bdf2_step,
                 dim=m.num_envs,
-                inputs=[*arrays_in, action, m.mass, m.free_index, m.handle_particle, m.velocity_limit,
-                        m.spring_i, m.spring_j, m.stiffness, m.rest_length, m.damping, m.is_cable,
+                inputs=[*arrays_in, action, mass, m.free_index, m.handle_particle, m.velocity_limit,
+                        m.spring_i, m.spring_j, stiffness, m.rest_length, m.damping, m.is_cable,
                         m.gravity, m.dtype(m.dt), m.num_dofs, m.band, m.max_iters, m.dtype(m.tol),
                         m.line_search_max, self._H, self._g, self._dx, self._base, self._y, self._xhat,
                         self.step_count],
@@ -147,11 +152,13 @@ class Simulator:
                 device=m.device,
                 record_cmd=True,
             )
-            if len(self._launches) >= 8:
-                self._launches.pop(next(iter(self._launches)))
-            # the entry keeps the arrays alive, so their ids cannot be reused while cached
-            entry = self._launches[key] = (cmd, arrays)
-        cmd = entry[0]
+            if cache:
+                if len(self._launches) >= 8:
+                    self._launches.pop(next(iter(self._launches)))
+                # the entry keeps the arrays alive, so their ids cannot be reused while cached
+                self._launches[key] = (cmd, arrays)
+        else:
+            cmd = entry[0]
         cmd.set_param_by_name("step_index", self.step_count)
         cmd.launch()
         self.step_count += 1

@@ -1,0 +1,386 @@
+"""Exact derivatives of one BDF2 step by the implicit function theorem.
+
+Notation of ``bdf2.py``: the free positions ``x'`` solve ``R(x'; q) = grad Phi = 0`` with
+
+``R_f = m_f (x'_f - y_f) - beta m_f g + beta sum_s sigma_sf (G_s + Gd_s)``
+
+(``G_s = dU_s/dx'_i`` spring, ``Gd_s = c s u`` damping, ``sigma = +1`` at end ``i``, ``-1`` at ``j``)
+and ``q`` the step inputs: the previous state (through ``y``, ``x_hat`` and the damping
+direction ``u`` taken at ``x``), the handle positions ``x'_h = x_h + h clip(a)`` and velocities
+``v'_h = clip(a)``, stiffness and mass. With the exact Hessian ``H = dR/dx'`` at the converged
+solution, ``dx'/dq = -H^-1 dR/dq``. The step outputs are ``x'``, ``v'_f = kappa (x'_f - x_hat_f)``,
+``x_prev' = x``, ``v_prev' = v``, and the handle kinematics.
+
+* :func:`bdf2_vjp`: reverse mode. ``lambda = H^-1 (xbar'_f + kappa vbar'_f)``, then
+  ``qbar -= (dR/dq)^T lambda`` plus the explicit terms; one factorisation and one solve per env.
+  Adjoints are *accumulated* into the ``adj_*`` outputs.
+* :func:`bdf2_jacobian`: forward mode into dense per-env matrices ``A = ds'/ds``, ``B = ds'/da`` on
+  the Markov state ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (free particles' positions,
+  velocities and BDF2 history, then handle positions; each block flattened particle-major).
+  Handle velocities and handle history are not part of ``s``: they never influence later steps.
+  One factorisation and ``ns + na`` solves per env.
+
+The clip of the action has derivative 1 strictly inside the limits and 0 outside (and on an axis
+whose limit is 0). Both kernels set ``ok[e] = 0`` when the exact Hessian is not positive definite
+at the solution (the step is then not differentiable by this method).
+"""
+
+import functools
+from types import SimpleNamespace
+
+import warp as wp
+
+from .bdf2 import bdf2_kernels
+from .elements import element_funcs
+from .linalg import band_funcs
+
+
+@functools.cache
+def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
+    el = element_funcs(dtype, dim)
+    la = band_funcs(dtype)
+    bk = bdf2_kernels(dtype, dim)
+    vec = el.vec
+    mat = el.mat
+
+    @wp.func
+    def clip_mask(a: vec, lim: vec):
+        """Derivative of the per-axis clip: 1 strictly inside the limits, else 0."""
+        mk = vec()
+        for d in range(dim):
+            if a[d] > -lim[d] and a[d] < lim[d]:
+                mk[d] = dtype(1.0)
+        return mk
+
+    @wp.func
+    def damping_active(x_in: wp.array2d(dtype=vec), e: int, pi: int, pj: int, c: dtype, L: dtype, cable: int):
+        d0 = x_in[e, pi] - x_in[e, pj]
+        l0 = wp.length(d0)
+        return c > dtype(0.0) and (cable == 0 or l0 > L) and l0 > dtype(0.0)
+
+    @wp.func
+    def end_velocity(e: int, p: int, f: int, xq: wp.array2d(dtype=vec), x_hat: wp.array2d(dtype=dtype),
+                     v_handle: wp.array2d(dtype=vec), kappa: dtype):
+        """BDF2 velocity at the end of the step of a free particle, or the handle velocity."""
+        if f >= 0:
+            return kappa * (xq[e, p] - bk.get_vec(x_hat, e, f))
+        return v_handle[e, p]
+
+    @wp.func
+    def factor_exact(e: int, x_out: wp.array2d(dtype=vec), x_in: wp.array2d(dtype=vec),
+                     v_in: wp.array2d(dtype=vec), xp_in: wp.array2d(dtype=vec), vp_in: wp.array2d(dtype=vec),
+                     v_out: wp.array2d(dtype=vec), mass: wp.array2d(dtype=dtype), free_index: wp.array(dtype=int),
+                     spring_i: wp.array(dtype=int), spring_j: wp.array(dtype=int),
+                     stiffness: wp.array2d(dtype=dtype), rest: wp.array2d(dtype=dtype),
+                     damping: wp.array(dtype=dtype), cable: wp.array(dtype=int), gravity: vec, h: dtype,
+                     N: int, B: int, y_t: wp.array2d(dtype=dtype), x_hat: wp.array2d(dtype=dtype),
+                     g: wp.array2d(dtype=dtype), H: wp.array2d(dtype=dtype)):
+        """Exact (unprojected) Hessian at the converged step, factored in place; 1 on success."""
+        bk.store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
+        bk.assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j, stiffness,
+                    rest, damping, cable, gravity, h, N, B, 0, g, H)
+        return la.band_cholesky(H, e, N, B)
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def bdf2_vjp(
+        # forward inputs
+        x_in: wp.array2d(dtype=vec),
+        v_in: wp.array2d(dtype=vec),
+        xp_in: wp.array2d(dtype=vec),
+        vp_in: wp.array2d(dtype=vec),
+        action: wp.array2d(dtype=vec),
+        mass: wp.array2d(dtype=dtype),
+        free_index: wp.array(dtype=int),
+        handle_particle: wp.array(dtype=int),
+        velocity_limit: wp.array(dtype=vec),
+        spring_i: wp.array(dtype=int),
+        spring_j: wp.array(dtype=int),
+        stiffness: wp.array2d(dtype=dtype),
+        rest: wp.array2d(dtype=dtype),
+        damping: wp.array(dtype=dtype),
+        cable: wp.array(dtype=int),
+        gravity: vec,
+        h: dtype,
+        N: int,
+        B: int,
+        # forward outputs (converged)
+        x_out: wp.array2d(dtype=vec),
+        v_out: wp.array2d(dtype=vec),
+        # adjoints of the outputs
+        adj_x_out: wp.array2d(dtype=vec),
+        adj_v_out: wp.array2d(dtype=vec),
+        adj_xp_out: wp.array2d(dtype=vec),
+        adj_vp_out: wp.array2d(dtype=vec),
+        # scratch
+        H: wp.array2d(dtype=dtype),
+        g: wp.array2d(dtype=dtype),
+        lam: wp.array2d(dtype=dtype),
+        y_t: wp.array2d(dtype=dtype),
+        x_hat: wp.array2d(dtype=dtype),
+        adj_xh: wp.array2d(dtype=vec),
+        adj_vh: wp.array2d(dtype=vec),
+        # accumulated adjoints of the inputs
+        adj_x_in: wp.array2d(dtype=vec),
+        adj_v_in: wp.array2d(dtype=vec),
+        adj_xp_in: wp.array2d(dtype=vec),
+        adj_vp_in: wp.array2d(dtype=vec),
+        adj_action: wp.array2d(dtype=vec),
+        adj_stiffness: wp.array2d(dtype=dtype),
+        adj_mass: wp.array2d(dtype=dtype),
+        ok: wp.array(dtype=int),
+    ):
+        e = wp.tid()
+        n = free_index.shape[0]
+        beta = dtype(4.0) * h * h / dtype(9.0)
+        kappa = dtype(1.5) / h
+        c43 = dtype(4.0) / dtype(3.0)
+        c13 = dtype(1.0) / dtype(3.0)
+        c23h = dtype(2.0) * h / dtype(3.0)
+        good = factor_exact(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
+                            stiffness, rest, damping, cable, gravity, h, N, B, y_t, x_hat, g, H)
+        ok[e] = good
+        if good == 0:
+            return
+        # lambda = H^-1 (xbar'_f + kappa vbar'_f); explicit terms of v'_f = kappa (x'_f - x_hat_f)
+        for p in range(n):
+            f = free_index[p]
+            if f >= 0:
+                w = adj_x_out[e, p] + kappa * adj_v_out[e, p]
+                for d in range(dim):
+                    lam[f * dim + d, e] = w[d]
+                av = adj_v_out[e, p]
+                adj_x_in[e, p] = adj_x_in[e, p] - (kappa * c43) * av
+                adj_xp_in[e, p] = adj_xp_in[e, p] + (kappa * c13) * av
+            else:
+                adj_xh[e, p] = adj_x_out[e, p]
+                adj_vh[e, p] = adj_v_out[e, p]
+            # history shift x_prev' = x, v_prev' = v
+            adj_x_in[e, p] = adj_x_in[e, p] + adj_xp_out[e, p]
+            adj_v_in[e, p] = adj_v_in[e, p] + adj_vp_out[e, p]
+        la.band_solve(H, e, N, B, lam, lam)
+        # inertia and gravity: ybar = m lambda; mbar = -lambda . ((x' - y) - beta g)
+        for p in range(n):
+            f = free_index[p]
+            if f >= 0:
+                m = mass[e, p]
+                lf = bk.get_vec(lam, e, f)
+                yb = m * lf
+                adj_x_in[e, p] = adj_x_in[e, p] + c43 * yb
+                adj_xp_in[e, p] = adj_xp_in[e, p] - c13 * yb
+                adj_v_in[e, p] = adj_v_in[e, p] + (c23h * c43) * yb
+                adj_vp_in[e, p] = adj_vp_in[e, p] - (c23h * c13) * yb
+                adj_mass[e, p] = adj_mass[e, p] - wp.dot(lf, x_out[e, p] - bk.get_vec(y_t, e, f) - beta * gravity)
+        # springs and dampers
+        for s in range(spring_i.shape[0]):
+            pi = spring_i[s]
+            pj = spring_j[s]
+            fi = free_index[pi]
+            fj = free_index[pj]
+            li = vec()
+            lj = vec()
+            if fi >= 0:
+                li = bk.get_vec(lam, e, fi)
+            if fj >= 0:
+                lj = bk.get_vec(lam, e, fj)
+            k = stiffness[e, s]
+            L = rest[e, s]
+            u, G, K = el.spring_terms(x_out[e, pi], x_out[e, pj], k, L, cable[s], 0)
+            # rho = -lambda is the adjoint of R; R_i += beta G, R_j -= beta G
+            adj_stiffness[e, s] = adj_stiffness[e, s] - beta * wp.dot(li - lj, G) / k
+            # handle ends: dR_free/dx'_h = -beta K
+            if fi < 0:
+                adj_xh[e, pi] = adj_xh[e, pi] + beta * (K * lj)
+            if fj < 0:
+                adj_xh[e, pj] = adj_xh[e, pj] + beta * (K * li)
+            c = damping[s]
+            if damping_active(x_in, e, pi, pj, c, L, cable[s]):
+                d0 = x_in[e, pi] - x_in[e, pj]
+                ud = d0 / wp.length(d0)
+                vi = end_velocity(e, pi, fi, x_out, x_hat, v_out, kappa)
+                vj = end_velocity(e, pj, fj, x_out, x_hat, v_out, kappa)
+                P = el.damping_direction_jacobian(vi - vj, d0, c)
+                uu = wp.outer(ud, ud)
+                rd = -beta * (li - lj)  # adjoint of Gd
+                # x_hat dependence: dGd/dx_hat_i = -c kappa uu, dGd/dx_hat_j = +c kappa uu
+                if fi >= 0:
+                    xhb = -(c * kappa) * (uu * rd)
+                    adj_x_in[e, pi] = adj_x_in[e, pi] + c43 * xhb
+                    adj_xp_in[e, pi] = adj_xp_in[e, pi] - c13 * xhb
+                else:
+                    adj_vh[e, pi] = adj_vh[e, pi] + c * (uu * rd)
+                if fj >= 0:
+                    xhb = (c * kappa) * (uu * rd)
+                    adj_x_in[e, pj] = adj_x_in[e, pj] + c43 * xhb
+                    adj_xp_in[e, pj] = adj_xp_in[e, pj] - c13 * xhb
+                else:
+                    adj_vh[e, pj] = adj_vh[e, pj] - c * (uu * rd)
+                # direction u from x at the start of the step
+                db = wp.transpose(P) * rd
+                adj_x_in[e, pi] = adj_x_in[e, pi] + db
+                adj_x_in[e, pj] = adj_x_in[e, pj] - db
+        # handle kinematics x'_h = x_h + h clip(a), v'_h = clip(a)
+        for kk in range(handle_particle.shape[0]):
+            p = handle_particle[kk]
+            mk = clip_mask(action[e, kk], velocity_limit[kk])
+            axh = adj_xh[e, p]
+            adj_x_in[e, p] = adj_x_in[e, p] + axh
+            adj_action[e, kk] = adj_action[e, kk] + wp.cw_mul(mk, h * axh + adj_vh[e, p])
+
+    @wp.func
+    def add_jac_block(M: wp.array3d(dtype=dtype), e: int, row: int, col: int, K: mat, scale: vec):
+        """``M[e, row + a, col + b] += K[a, b] * scale[b]``."""
+        for a in range(dim):
+            for b in range(dim):
+                M[e, row + a, col + b] = M[e, row + a, col + b] + K[a, b] * scale[b]
+
+    @wp.func
+    def pos_column(N: int, f: int, kh: int):
+        """Column of a particle's position in the Markov state (free block or handle block)."""
+        if f >= 0:
+            return f * dim
+        return 4 * N + kh * dim
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def bdf2_jacobian(
+        x_in: wp.array2d(dtype=vec),
+        v_in: wp.array2d(dtype=vec),
+        xp_in: wp.array2d(dtype=vec),
+        vp_in: wp.array2d(dtype=vec),
+        action: wp.array2d(dtype=vec),
+        mass: wp.array2d(dtype=dtype),
+        free_index: wp.array(dtype=int),
+        handle_index: wp.array(dtype=int),
+        handle_particle: wp.array(dtype=int),
+        velocity_limit: wp.array(dtype=vec),
+        spring_i: wp.array(dtype=int),
+        spring_j: wp.array(dtype=int),
+        stiffness: wp.array2d(dtype=dtype),
+        rest: wp.array2d(dtype=dtype),
+        damping: wp.array(dtype=dtype),
+        cable: wp.array(dtype=int),
+        gravity: vec,
+        h: dtype,
+        N: int,
+        B: int,
+        x_out: wp.array2d(dtype=vec),
+        v_out: wp.array2d(dtype=vec),
+        H: wp.array2d(dtype=dtype),
+        g: wp.array2d(dtype=dtype),
+        y_t: wp.array2d(dtype=dtype),
+        x_hat: wp.array2d(dtype=dtype),
+        A: wp.array3d(dtype=dtype),
+        Bm: wp.array3d(dtype=dtype),
+        ok: wp.array(dtype=int),
+    ):
+        e = wp.tid()
+        ns = A.shape[1]
+        na = Bm.shape[2]
+        beta = dtype(4.0) * h * h / dtype(9.0)
+        kappa = dtype(1.5) / h
+        c43 = dtype(4.0) / dtype(3.0)
+        c13 = dtype(1.0) / dtype(3.0)
+        c23h = dtype(2.0) * h / dtype(3.0)
+        one = vec()
+        for d in range(dim):
+            one[d] = dtype(1.0)
+        for i in range(ns):
+            for j in range(ns):
+                A[e, i, j] = dtype(0.0)
+            for j in range(na):
+                Bm[e, i, j] = dtype(0.0)
+        good = factor_exact(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
+                            stiffness, rest, damping, cable, gravity, h, N, B, y_t, x_hat, g, H)
+        ok[e] = good
+        if good == 0:
+            return
+        eye = wp.identity(n=dim, dtype=dtype)
+        # rows 0..N-1 first hold dR/dq: inertia through y = 4/3 x - 1/3 xp + 2h/3 (4/3 v - 1/3 vp)
+        for p in range(free_index.shape[0]):
+            f = free_index[p]
+            if f >= 0:
+                m = mass[e, p]
+                r = f * dim
+                add_jac_block(A, e, r, r, eye, -(m * c43) * one)
+                add_jac_block(A, e, r, N + r, eye, -(m * c23h * c43) * one)
+                add_jac_block(A, e, r, 2 * N + r, eye, (m * c13) * one)
+                add_jac_block(A, e, r, 3 * N + r, eye, (m * c23h * c13) * one)
+        for s in range(spring_i.shape[0]):
+            pi = spring_i[s]
+            pj = spring_j[s]
+            fi = free_index[pi]
+            fj = free_index[pj]
+            L = rest[e, s]
+            u, G, K = el.spring_terms(x_out[e, pi], x_out[e, pj], stiffness[e, s], L, cable[s], 0)
+            # a handle end moves the other (free) end's residual by -beta K through x'_h = x_h + h clip(a)
+            if fi < 0 and fj >= 0:
+                kh = handle_index[pi]
+                add_jac_block(A, e, fj * dim, 4 * N + kh * dim, K, -beta * one)
+                add_jac_block(Bm, e, fj * dim, kh * dim, K,
+                              -(beta * h) * clip_mask(action[e, kh], velocity_limit[kh]))
+            if fj < 0 and fi >= 0:
+                kh = handle_index[pj]
+                add_jac_block(A, e, fi * dim, 4 * N + kh * dim, K, -beta * one)
+                add_jac_block(Bm, e, fi * dim, kh * dim, K,
+                              -(beta * h) * clip_mask(action[e, kh], velocity_limit[kh]))
+            c = damping[s]
+            if damping_active(x_in, e, pi, pj, c, L, cable[s]):
+                d0 = x_in[e, pi] - x_in[e, pj]
+                ud = d0 / wp.length(d0)
+                vi = end_velocity(e, pi, fi, x_out, x_hat, v_out, kappa)
+                vj = end_velocity(e, pj, fj, x_out, x_hat, v_out, kappa)
+                P = el.damping_direction_jacobian(vi - vj, d0, c)
+                uu = wp.outer(ud, ud)
+                # R_i += beta Gd (if i free), R_j -= beta Gd (if j free); loop over the two rows
+                for side in range(2):
+                    fr = fi
+                    sgn = beta
+                    if side == 1:
+                        fr = fj
+                        sgn = -beta
+                    if fr >= 0:
+                        row = fr * dim
+                        # x_hat of free ends (x_hat = 4/3 x - 1/3 xp)
+                        if fi >= 0:
+                            add_jac_block(A, e, row, fi * dim, uu, -(sgn * c * kappa * c43) * one)
+                            add_jac_block(A, e, row, 2 * N + fi * dim, uu, (sgn * c * kappa * c13) * one)
+                        else:
+                            kh = handle_index[pi]
+                            add_jac_block(Bm, e, row, kh * dim, uu,
+                                          (sgn * c) * clip_mask(action[e, kh], velocity_limit[kh]))
+                        if fj >= 0:
+                            add_jac_block(A, e, row, fj * dim, uu, (sgn * c * kappa * c43) * one)
+                            add_jac_block(A, e, row, 2 * N + fj * dim, uu, -(sgn * c * kappa * c13) * one)
+                        else:
+                            kh = handle_index[pj]
+                            add_jac_block(Bm, e, row, kh * dim, uu,
+                                          -(sgn * c) * clip_mask(action[e, kh], velocity_limit[kh]))
+                        # damping direction from the positions at the start of the step
+                        add_jac_block(A, e, row, pos_column(N, fi, handle_index[pi]), P, sgn * one)
+                        add_jac_block(A, e, row, pos_column(N, fj, handle_index[pj]), P, -sgn * one)
+        # dx'_f/dq = -H^-1 dR/dq, column by column
+        for col in range(ns):
+            for i in range(N):
+                A[e, i, col] = -A[e, i, col]
+            la.band_solve_column(H, e, N, B, A, col)
+        for col in range(na):
+            for i in range(N):
+                Bm[e, i, col] = -Bm[e, i, col]
+            la.band_solve_column(H, e, N, B, Bm, col)
+        # v'_f = kappa (x'_f - x_hat_f); x_prev'_f = x_f; v_prev'_f = v_f
+        for r in range(N):
+            for col in range(ns):
+                A[e, N + r, col] = kappa * A[e, r, col]
+            for col in range(na):
+                Bm[e, N + r, col] = kappa * Bm[e, r, col]
+            A[e, N + r, r] = A[e, N + r, r] - kappa * c43
+            A[e, N + r, 2 * N + r] = A[e, N + r, 2 * N + r] + kappa * c13
+            A[e, 2 * N + r, r] = dtype(1.0)
+            A[e, 3 * N + r, N + r] = dtype(1.0)
+        # handles: x'_h = x_h + h clip(a)
+        for kk in range(handle_particle.shape[0]):
+            mk = clip_mask(action[e, kk], velocity_limit[kk])
+            for d in range(dim):
+                A[e, 4 * N + kk * dim + d, 4 * N + kk * dim + d] = dtype(1.0)
+                Bm[e, 4 * N + kk * dim + d, kk * dim + d] = h * mk[d]
+
+    return SimpleNamespace(bdf2_vjp=bdf2_vjp, bdf2_jacobian=bdf2_jacobian)

@@ -1,0 +1,299 @@
+"""Exact derivatives of the simulator: implicit-function-theorem adjoints on ``wp.Tape``, dense
+per-step Jacobians, and a zero-copy ``torch.autograd.Function`` bridge.
+
+* :meth:`Differentiator.vjp` / :meth:`Differentiator.jacobians` launch the kernels of
+  ``kernels/adjoint.py`` (one factorisation of the exact Hessian per env and step; no
+  differentiation through Newton iterations).
+* :meth:`Differentiator.step_tape` advances Warp ``State`` objects and records the step's
+  adjoint on a ``wp.Tape`` (``tape.record_func``), so ``tape.backward()`` through a T-step
+  rollout fills ``state.x.grad`` etc. Use distinct ``State`` objects per step: the adjoint reads
+  the forward values at backward time.
+* :func:`step` / :class:`TorchSimulator` take torch tensors: ``loss.backward()`` works through
+  any number of steps; :meth:`TorchSimulator.rollout` optionally checkpoints segments
+  (recomputing their forward passes in the backward pass) for long horizons.
+
+Failures are never silent: a backward pass through a step whose Newton solve did not converge,
+or whose exact Hessian is not positive definite at the solution, raises :class:`GradientError`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import warp as wp
+
+from .kernels.adjoint import adjoint_kernels
+from .kernels.bdf2 import STATUS_NAMES, STATUS_OK
+from .model import Control, Model, State
+from .sim import ActionError, Simulator, scratch_array
+
+__all__ = ["Differentiator", "GradientError", "TorchSimulator"]
+
+
+class GradientError(RuntimeError):
+    """The derivative of a step cannot be computed (non-converged step or singular Hessian)."""
+
+
+class Differentiator:
+    """Adjoint and Jacobian launches for one :class:`~warpsim_rl.sim.Simulator`.
+
+    Scratch is allocated once. ``ok`` (E,) int32 holds, after each launch, 1 where the exact
+    Hessian factorised."""
+
+    def __init__(self, sim: Simulator):
+        self.sim = sim
+        m = self.model = sim.model
+        E, N, B, d, dt = m.num_envs, m.num_dofs, m.band, m.device, m.dtype
+        self.kernels = adjoint_kernels(dt, m.dim)
+        self._H = scratch_array(N * (B + 1), E, dt, d)
+        self._g = scratch_array(N, E, dt, d)
+        self._lam = scratch_array(N, E, dt, d)
+        self._y = scratch_array(N, E, dt, d)
+        self._xhat = scratch_array(N, E, dt, d)
+        self._adj_xh = wp.zeros((E, m.num_particles), dtype=m.vec, device=d)
+        self._adj_vh = wp.zeros((E, m.num_particles), dtype=m.vec, device=d)
+        self.ok = wp.zeros(E, dtype=wp.int32, device=d)
+
+    def vjp(self, arrays_in, action, arrays_out, adj_out, adj_in, adj_action, adj_stiffness, adj_mass,
+            stiffness=None, mass=None) -> None:
+        """Accumulate ``(ds'/d(s, a, k, m))^T adj_out`` into ``adj_in`` (4 arrays), ``adj_action``,
+        ``adj_stiffness`` (E, m) and ``adj_mass`` (E, n). ``arrays_out`` are the converged outputs
+        of the forward step from ``arrays_in``/``action``."""
+        m = self.model
+        wp.launch(
+            self.kernels.bdf2_vjp, dim=m.num_envs,
+            inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_particle,
+                    m.velocity_limit, m.spring_i, m.spring_j, m.stiffness if stiffness is None else stiffness,
+                    m.rest_length, m.damping, m.is_cable, m.gravity, m.dtype(m.dt), m.num_dofs, m.band,
+                    arrays_out[0], arrays_out[1], *adj_out, self._H, self._g, self._lam, self._y, self._xhat,
+                    self._adj_xh, self._adj_vh],
+            outputs=[*adj_in, adj_action, adj_stiffness, adj_mass, self.ok],
+            device=m.device,
+        )
+
+    def jacobians(self, arrays_in, action, arrays_out, A: wp.array, B: wp.array,
+                  stiffness=None, mass=None) -> None:
+        """Write ``A = ds'/ds`` (E, ns, ns) and ``B = ds'/da`` (E, ns, na) on the Markov state
+        ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (``model.num_state``; docs/api.md)."""
+        m = self.model
+        wp.launch(
+            self.kernels.bdf2_jacobian, dim=m.num_envs,
+            inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_index,
+                    m.handle_particle, m.velocity_limit, m.spring_i, m.spring_j,
+                    m.stiffness if stiffness is None else stiffness, m.rest_length, m.damping, m.is_cable,
+                    m.gravity, m.dtype(m.dt), m.num_dofs, m.band, arrays_out[0], arrays_out[1],
+                    self._H, self._g, self._y, self._xhat],
+            outputs=[A, B, self.ok],
+            device=m.device,
+        )
+
+    def check_ok(self, what: str) -> None:
+        """Raise :class:`GradientError` naming the envs whose exact Hessian did not factorise."""
+        bad = np.flatnonzero(self.ok.numpy() == 0)
+        if bad.size:
+            raise GradientError(f"{what}: exact Hessian not positive definite at the solution in env(s) "
+                                f"{bad[:8].tolist()}{' ...' if bad.size > 8 else ''}; the step is not "
+                                f"differentiable there (buckled bilateral spring?)")
+
+    # -- wp.Tape ------------------------------------------------------------------------------
+    def step_tape(self, tape: wp.Tape, state_in: State, control: Control, state_out: State,
+                  check: bool = True) -> None:
+        """Forward step ``state_in -> state_out`` plus a tape entry for its adjoint.
+
+        On ``tape.backward()`` the gradients in ``state_out``'s arrays flow into ``state_in``'s,
+        ``control.action.grad`` and, when allocated, ``model.stiffness.grad``/``model.mass.grad``
+        (see :meth:`~warpsim_rl.model.Model.enable_parameter_grads`). Arrays need
+        ``requires_grad=True``."""
+        for name, arr in (("state_in", state_in.x), ("state_out", state_out.x), ("control", control.action)):
+            if arr.grad is None:
+                raise ValueError(f"{name}: arrays need requires_grad=True (model.state(requires_grad=True))")
+        self.sim.step(state_in, control, state_out, check=check)
+        status = wp.clone(self.sim.status)
+        m = self.model
+
+        def backward():
+            _raise_if_failed(status, "tape backward")
+            k_grad = m.stiffness.grad if m.stiffness.grad is not None else _scratch_like(self, "k", m.stiffness)
+            m_grad = m.mass.grad if m.mass.grad is not None else _scratch_like(self, "m", m.mass)
+            self.vjp(state_in.arrays(), control.action, state_out.arrays(),
+                     [a.grad for a in state_out.arrays()], [a.grad for a in state_in.arrays()],
+                     control.action.grad, k_grad, m_grad)
+            self.check_ok("tape backward")
+
+        tape.record_func(backward=backward, arrays=[*state_in.arrays(), control.action])
+
+
+def _scratch_like(diff: Differentiator, key: str, arr: wp.array) -> wp.array:
+    """Throw-away gradient buffer for a parameter whose gradient was not requested."""
+    name = f"_discard_{key}"
+    buf = getattr(diff, name, None)
+    if buf is None:
+        buf = wp.zeros_like(arr, requires_grad=False)
+        setattr(diff, name, buf)
+    buf.zero_()
+    return buf
+
+
+def _raise_if_failed(status: wp.array, what: str) -> None:
+    st = status.numpy()
+    bad = np.flatnonzero(st != STATUS_OK)
+    if bad.size:
+        reasons = sorted({STATUS_NAMES[int(c)] for c in st[bad]})
+        raise GradientError(f"{what}: cannot differentiate a step that did not converge in env(s) "
+                            f"{bad[:8].tolist()}{' ...' if bad.size > 8 else ''} ({'; '.join(reasons)})")
+
+
+# ------------------------------------------------------------------------------------------
+# torch bridge
+# ------------------------------------------------------------------------------------------
+
+class _StepFunction(torch.autograd.Function):
+    """One BDF2 step on torch tensors; backward = implicit adjoint (kernels/adjoint.py)."""
+
+    @staticmethod
+    def forward(ctx, tsim, x, v, xp, vp, action, stiffness, mass):
+        m = tsim.model
+        outs = [torch.empty_like(x) for _ in range(4)]
+        wins = [tsim._wp(t) for t in (x, v, xp, vp)]
+        wouts = [tsim._wp(t) for t in outs]
+        wa = tsim._wp(action)
+        wk = wp.from_torch(stiffness) if stiffness is not None else None
+        wm = wp.from_torch(mass) if mass is not None else None
+        tsim.sim.launch(wins, wa, wouts, stiffness=wk, mass=wm, cache=False)
+        status = wp.clone(tsim.sim.status)
+        if tsim.check:
+            tsim.sim.check(last_step_only=True)
+        ctx.tsim = tsim
+        ctx.status = status
+        ctx.has_k = stiffness is not None
+        ctx.has_m = mass is not None
+        ctx.save_for_backward(x, v, xp, vp, action, outs[0], outs[1],
+                              stiffness if stiffness is not None else torch.empty(0),
+                              mass if mass is not None else torch.empty(0))
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx, gx, gv, gxp, gvp):
+        tsim = ctx.tsim
+        x, v, xp, vp, action, x1, v1, k, mass = ctx.saved_tensors
+        _raise_if_failed(ctx.status, "backward")
+        grads_out = [g.contiguous() if g is not None else torch.zeros_like(x) for g in (gx, gv, gxp, gvp)]
+        grads_in = [torch.zeros_like(x) for _ in range(4)]
+        g_action = torch.zeros_like(action)
+        model = tsim.model
+        g_k = torch.zeros((model.num_envs, model.num_springs), dtype=x.dtype, device=x.device)
+        g_m = torch.zeros((model.num_envs, model.num_particles), dtype=x.dtype, device=x.device)
+        d = tsim.diff
+        d.vjp([tsim._wp(t) for t in (x, v, xp, vp)], tsim._wp(action), [tsim._wp(x1), tsim._wp(v1)],
+              [tsim._wp(g) for g in grads_out], [tsim._wp(g) for g in grads_in], tsim._wp(g_action),
+              wp.from_torch(g_k), wp.from_torch(g_m),
+              stiffness=wp.from_torch(k) if ctx.has_k else None, mass=wp.from_torch(mass) if ctx.has_m else None)
+        d.check_ok("backward")
+        return (None, *grads_in, g_action, g_k if ctx.has_k else None, g_m if ctx.has_m else None)
+
+
+class TorchSimulator:
+    """The simulator on torch tensors, differentiable with ``torch.autograd``.
+
+    Tensors: positions/velocities/history ``(E, n, dim)``, actions ``(E, h, dim)``, optional
+    per-env ``stiffness`` (E, m) and ``mass`` (E, n), all on ``model.device`` in ``model.dtype``
+    (zero-copy through ``wp.from_torch``). ``check=True`` raises
+    :class:`~warpsim_rl.sim.SimulationError` on a non-converged forward step (one host sync per
+    step); backward passes always check.
+    """
+
+    def __init__(self, model: Model, check: bool = True):
+        self.model = model
+        self.sim = Simulator(model)
+        self.diff = Differentiator(self.sim)
+        self.check = check
+        self.torch_device = torch.device(wp.device_to_torch(model.device))
+        self.torch_dtype = torch.float32 if model.dtype == wp.float32 else torch.float64
+
+    def _wp(self, t: torch.Tensor) -> wp.array:
+        return wp.from_torch(t, dtype=self.model.vec)
+
+    def _validate(self, name: str, t, shape) -> torch.Tensor:
+        err = ActionError if name == "action" else ValueError
+        if not isinstance(t, torch.Tensor):
+            raise err(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != self.torch_dtype:
+            raise err(f"{name}.dtype = {t.dtype}: expected {self.torch_dtype}")
+        if t.device != self.torch_device:
+            raise err(f"{name}.device = {t.device}: expected {self.torch_device}")
+        if tuple(t.shape) != shape:
+            raise err(f"{name}.shape = {tuple(t.shape)}: expected {shape}")
+        return t.contiguous()
+
+    def initial_state(self, positions=None, velocities=None) -> tuple[torch.Tensor, ...]:
+        """``(x, v, x_prev, v_prev)`` torch tensors of a fresh state (see ``Model.state``)."""
+        st = self.model.state(positions, velocities)
+        return tuple(wp.to_torch(a).clone() for a in st.arrays())
+
+    def step(self, x, v, x_prev, v_prev, action, stiffness=None, mass=None, validate: bool = True):
+        """One differentiable step; returns ``(x', v', x_prev', v_prev')``."""
+        m = self.model
+        shp = (m.num_envs, m.num_particles, m.dim)
+        if validate:
+            x, v, x_prev, v_prev = (self._validate(nm, t, shp) for nm, t in
+                                    zip(("x", "v", "x_prev", "v_prev"), (x, v, x_prev, v_prev)))
+            action = self._validate("action", action, (m.num_envs, max(m.num_handles, 1), m.dim))
+            if not bool(torch.isfinite(action).all()):
+                bad = (~torch.isfinite(action)).flatten(1).any(1).nonzero().flatten()[:8].tolist()
+                raise ActionError(f"action: non-finite values in env(s) {bad}")
+            if stiffness is not None:
+                stiffness = self._validate("stiffness", stiffness, (m.num_envs, m.num_springs))
+            if mass is not None:
+                mass = self._validate("mass", mass, (m.num_envs, m.num_particles))
+        return _StepFunction.apply(self, x, v, x_prev, v_prev, action, stiffness, mass)
+
+    def rollout(self, state, actions, stiffness=None, mass=None, checkpoint_every: int | None = None):
+        """Differentiable rollout of ``actions`` (T, E, h, dim) from ``state = (x, v, xp, vp)``.
+
+        Returns the list of T+1 states. With ``checkpoint_every=K`` only every K-th state is kept
+        for the backward pass; segments are recomputed (``torch.utils.checkpoint``), trading one
+        extra forward pass for O(T/K + K) memory."""
+        states = [tuple(state)]
+        T = actions.shape[0]
+        if not checkpoint_every:
+            for t in range(T):
+                states.append(self.step(*states[-1], actions[t], stiffness, mass))
+            return states
+        from torch.utils.checkpoint import checkpoint
+
+        def segment(t0, t1, *s):
+            for t in range(t0, t1):
+                s = self.step(*s, actions[t], stiffness, mass)
+            return s
+
+        t = 0
+        while t < T:
+            t1 = min(T, t + checkpoint_every)
+            states.append(checkpoint(segment, t, t1, *states[-1], use_reentrant=False))
+            t = t1
+        return states
+
+    def jacobians(self, x, v, x_prev, v_prev, action, stiffness=None, mass=None):
+        """One forward step and its Jacobians: returns ``(next_state, A, B)`` with
+        ``A`` (E, ns, ns) and ``B`` (E, ns, na) torch tensors on the Markov state (docs/api.md)."""
+        m = self.model
+        with torch.no_grad():
+            nxt = self.step(x, v, x_prev, v_prev, action, stiffness, mass)
+        A = torch.empty((m.num_envs, m.num_state, m.num_state), dtype=self.torch_dtype, device=self.torch_device)
+        B = torch.empty((m.num_envs, m.num_state, m.num_actions), dtype=self.torch_dtype, device=self.torch_device)
+        self.diff.jacobians([self._wp(t.contiguous()) for t in (x, v, x_prev, v_prev)], self._wp(action.contiguous()),
+                            [self._wp(nxt[0]), self._wp(nxt[1])], wp.from_torch(A), wp.from_torch(B),
+                            stiffness=wp.from_torch(stiffness) if stiffness is not None else None,
+                            mass=wp.from_torch(mass) if mass is not None else None)
+        if self.check:
+            self.diff.check_ok("jacobians")
+        return nxt, A, B
+
+    def markov_state(self, x, v, x_prev, v_prev) -> torch.Tensor:
+        """Flatten a state to the Markov vector ``s`` (E, ns) used by :meth:`jacobians`."""
+        sc = self.model.scene
+        free, hnd = torch.as_tensor(sc.free_particles), torch.as_tensor(sc.handles, dtype=torch.long)
+        E = self.model.num_envs
+        parts = [t[:, free].reshape(E, -1) for t in (x, v, x_prev, v_prev)] + [x[:, hnd].reshape(E, -1)]
+        return torch.cat(parts, dim=1)
+
