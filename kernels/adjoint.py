@@ -14,7 +14,8 @@ solution, ``dx'/dq = -H^-1 dR/dq``. The step outputs are ``x'``, ``v'_f = kappa 
 * :func:`bdf2_vjp`: reverse mode. ``lambda = H^-1 (xbar'_f + kappa vbar'_f)``, then
   ``qbar -= (dR/dq)^T lambda`` plus the explicit terms; one factorisation and one solve per env.
   Adjoints are *accumulated* into the ``adj_*`` outputs.
-* :func:`bdf2_jacobian`: forward mode into dense per-env matrices ``A = ds'/ds``, ``B = ds'/da`` on
+* :func:`bdf2_jacobian`: forward mode into dense per-env matrices ``A = ds'/ds``, ``B = ds'/da`` (which
+  the caller zeroes before the launch, a bulk memset) on
   the Markov state ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (free particles' positions,
   velocities and BDF2 history, then handle positions; each block flattened particle-major).
   Handle velocities and handle history are not part of ``s``: they never influence later steps.
@@ -240,6 +241,19 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
             return f * dim
         return 4 * N + kh * dim
 
+    @wp.func
+    def solve_negated_column(H: wp.array2d(dtype=dtype), e: int, N: int, B: int, M: wp.array3d(dtype=dtype),
+                             col: int):
+        """``M[e, :N, col] <- -H^-1 M[e, :N, col]``; skips (returns 0) an all-zero column."""
+        nz = int(0)
+        for i in range(N):
+            if M[e, i, col] != dtype(0.0):
+                nz = 1
+            M[e, i, col] = -M[e, i, col]
+        if nz != 0:
+            la.band_solve_rows(H, e, N, B, M, 0, col, 0)
+        return nz
+
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_jacobian(
         x_in: wp.array2d(dtype=vec),
@@ -262,6 +276,7 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
         h: dtype,
         N: int,
         B: int,
+        has_damping: int,
         x_out: wp.array2d(dtype=vec),
         v_out: wp.array2d(dtype=vec),
         H: wp.array2d(dtype=dtype),
@@ -283,27 +298,12 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
         one = vec()
         for d in range(dim):
             one[d] = dtype(1.0)
-        for i in range(ns):
-            for j in range(ns):
-                A[e, i, j] = dtype(0.0)
-            for j in range(na):
-                Bm[e, i, j] = dtype(0.0)
         good = factor_exact(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
                             stiffness, rest, damping, cable, gravity, h, N, B, y_t, x_hat, g, H)
         ok[e] = good
         if good == 0:
             return
-        eye = wp.identity(n=dim, dtype=dtype)
-        # rows 0..N-1 first hold dR/dq: inertia through y = 4/3 x - 1/3 xp + 2h/3 (4/3 v - 1/3 vp)
-        for p in range(free_index.shape[0]):
-            f = free_index[p]
-            if f >= 0:
-                m = mass[e, p]
-                r = f * dim
-                add_jac_block(A, e, r, r, eye, -(m * c43) * one)
-                add_jac_block(A, e, r, N + r, eye, -(m * c23h * c43) * one)
-                add_jac_block(A, e, r, 2 * N + r, eye, (m * c13) * one)
-                add_jac_block(A, e, r, 3 * N + r, eye, (m * c23h * c13) * one)
+        # rows 0..N-1 first hold the non-inertial part of dR/dq (handle couplings, damping)
         for s in range(spring_i.shape[0]):
             pi = spring_i[s]
             pj = spring_j[s]
@@ -357,23 +357,68 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
                         # damping direction from the positions at the start of the step
                         add_jac_block(A, e, row, pos_column(N, fi, handle_index[pi]), P, sgn * one)
                         add_jac_block(A, e, row, pos_column(N, fj, handle_index[pj]), P, -sgn * one)
-        # dx'_f/dq = -H^-1 dR/dq, column by column
-        for col in range(ns):
-            for i in range(N):
-                A[e, i, col] = -A[e, i, col]
-            la.band_solve_column(H, e, N, B, A, col)
-        for col in range(na):
-            for i in range(N):
-                Bm[e, i, col] = -Bm[e, i, col]
-            la.band_solve_column(H, e, N, B, Bm, col)
-        # v'_f = kappa (x'_f - x_hat_f); x_prev'_f = x_f; v_prev'_f = v_f
-        for r in range(N):
-            for col in range(ns):
-                A[e, N + r, col] = kappa * A[e, r, col]
+        # dx'_f/dq = -H^-1 dR/dq for the non-zero columns of that part (without damping only the
+        # handle columns can be non-zero); the velocity rows follow from v'_f = kappa (x'_f - x_hat_f)
+        col0 = 4 * N
+        if has_damping != 0:
+            col0 = 0
+        for col in range(col0, ns):
+            if solve_negated_column(H, e, N, B, A, col) != 0 and col >= 4 * N:
+                for i in range(N):
+                    A[e, N + i, col] = kappa * A[e, i, col]
+        if has_damping != 0:
             for col in range(na):
-                Bm[e, N + r, col] = kappa * Bm[e, r, col]
-            A[e, N + r, r] = A[e, N + r, r] - kappa * c43
-            A[e, N + r, 2 * N + r] = A[e, N + r, 2 * N + r] + kappa * c13
+                if solve_negated_column(H, e, N, B, Bm, col) != 0:
+                    for i in range(N):
+                        Bm[e, N + i, col] = kappa * Bm[e, i, col]
+        else:
+            # without damping an action only acts through x'_h = x_h + h clip(a): B = A[:, x_h] h clip'
+            for kk in range(handle_particle.shape[0]):
+                mk = clip_mask(action[e, kk], velocity_limit[kk])
+                for d in range(dim):
+                    for i in range(2 * N):
+                        Bm[e, i, kk * dim + d] = A[e, i, 4 * N + kk * dim + d] * h * mk[d]
+        # ... plus the inertial part: dR/dy = -M with y = 4/3 x - 1/3 xp + 2h/3 (4/3 v - 1/3 vp), so
+        # its columns are multiples of W = H^-1 M (N solves). W is parked in rows N..2N-1, columns
+        # 0..N-1, each entry read once just before the velocity rows overwrite it.
+        for j in range(N):
+            for i in range(N):
+                A[e, N + i, j] = dtype(0.0)
+            A[e, N + j, j] = dtype(1.0)
+            la.band_solve_rows(H, e, N, B, A, N, j, j)
+        for p in range(free_index.shape[0]):
+            f = free_index[p]
+            if f >= 0:
+                m = mass[e, p]
+                for d in range(dim):
+                    j = f * dim + d
+                    for i in range(N):
+                        w = m * A[e, N + i, j]
+                        x0 = c43 * w
+                        x1 = (c23h * c43) * w
+                        x2 = -c13 * w
+                        x3 = -(c23h * c13) * w
+                        if has_damping != 0:
+                            x0 += A[e, i, j]
+                            x1 += A[e, i, N + j]
+                            x2 += A[e, i, 2 * N + j]
+                            x3 += A[e, i, 3 * N + j]
+                        A[e, i, j] = x0
+                        A[e, i, N + j] = x1
+                        A[e, i, 2 * N + j] = x2
+                        A[e, i, 3 * N + j] = x3
+                        # v'_f = kappa (x'_f - x_hat_f), x_hat = 4/3 x - 1/3 xp
+                        y0 = kappa * x0
+                        y2 = kappa * x2
+                        if i == j:
+                            y0 -= kappa * c43
+                            y2 += kappa * c13
+                        A[e, N + i, j] = y0
+                        A[e, N + i, N + j] = kappa * x1
+                        A[e, N + i, 2 * N + j] = y2
+                        A[e, N + i, 3 * N + j] = kappa * x3
+        # x_prev'_f = x_f; v_prev'_f = v_f
+        for r in range(N):
             A[e, 2 * N + r, r] = dtype(1.0)
             A[e, 3 * N + r, N + r] = dtype(1.0)
         # handles: x'_h = x_h + h clip(a)

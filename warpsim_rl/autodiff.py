@@ -76,12 +76,14 @@ class Differentiator:
         """Write ``A = ds'/ds`` (E, ns, ns) and ``B = ds'/da`` (E, ns, na) on the Markov state
         ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (``model.num_state``; docs/api.md)."""
         m = self.model
+        A.zero_()
+        B.zero_()
         wp.launch(
             self.kernels.bdf2_jacobian, dim=m.num_envs,
             inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_index,
                     m.handle_particle, m.velocity_limit, m.spring_i, m.spring_j,
                     m.stiffness if stiffness is None else stiffness, m.rest_length, m.damping, m.is_cable,
-                    m.gravity, m.dtype(m.dt), m.num_dofs, m.band, arrays_out[0], arrays_out[1],
+                    m.gravity, m.dtype(m.dt), m.num_dofs, m.band, m.has_damping, arrays_out[0], arrays_out[1],
                     self._H, self._g, self._y, self._xhat],
             outputs=[A, B, self.ok],
             device=m.device,

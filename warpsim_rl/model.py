@@ -45,7 +45,7 @@ class Model:
         velocity_limit: (h,) vec, m/s.
         spring_i, spring_j: (m,) int32 end particles.
         stiffness: (E, m) N/m, per environment. rest_length: (E, m) m, per environment.
-        damping: (m,) N·s/m. is_cable: (m,) int32 (1 = tension only).
+        damping: (m,) N·s/m. has_damping: 1 if any spring is damped. is_cable: (m,) int32 (1 = tension only).
         max_iters, tol, line_search_max: Newton settings (tol in m/s).
     """
 
@@ -90,6 +90,7 @@ class Model:
         self.stiffness = wp.array(np.tile(scene.stiffness.astype(self.np_dtype), (E, 1)), dtype=self.dtype, device=d)
         self.rest_length = wp.array(np.tile(scene.rest_length.astype(self.np_dtype), (E, 1)), dtype=self.dtype, device=d)
         self.damping = wp.array(scene.damping.astype(self.np_dtype), dtype=self.dtype, device=d)
+        self.has_damping = int(np.any(scene.damping > 0))
         self.is_cable = wp.array(scene.is_cable.astype(np.int32), dtype=wp.int32, device=d)
 
     # -- per-environment parameters ------------------------------------------------------------

@@ -4,8 +4,9 @@
 column per time — in a 2D projection (x–y by default; scenes are y-up, 2D scenes live in x–y).
 Each panel shows the springs (grey, coloured by tension like the USD export: red in tension,
 blue in compression), the cables (pale yellow when slack to orange-red when taut), the free
-particles (blue), the handles (green squares), the particle trails up to that time (faint), the
-cloth faces if given, and boxes and planes that are visible in the projection. It uses
+particles (blue), the handles (green squares), faint trails up to that time (of the handles, and
+of every free particle — or only the last one in scenes with more than three), the cloth faces
+if given, and the boxes and planes that are visible in the projection. It uses
 matplotlib's object API with the Agg canvas, so it neither needs a display nor changes the
 global pyplot backend.
 """
@@ -93,13 +94,15 @@ def render_preview(scene, positions, path, *, dt: float | None = None, envs: int
     scale_s = (float(np.abs(ten_s).max()) if ten_s.size else 1.0) or 1.0
     scale_c = (float(ten_c.max()) if ten_c.size else 1.0) or 1.0
     free, handles = sc.free_particles, sc.handles
+    # trails: every free particle of small scenes, else only the last one (e.g. a rope's tip)
+    trail = free if len(free) <= 3 else free[-1:]
     for e in range(rows):
         for c, t in enumerate(times):
             ax = fig.add_subplot(rows, cols, e * cols + c + 1)
             p = xy[t, e]
-            if t > 0 and len(free):
-                trails = np.transpose(xy[: t + 1, e, free], (1, 0, 2))
-                ax.add_collection(LineCollection(trails, colors=(0.2, 0.4, 0.85, 0.18), linewidths=0.7))
+            if t > 0 and len(trail):
+                trails = np.transpose(xy[: t + 1, e, trail], (1, 0, 2))
+                ax.add_collection(LineCollection(trails, colors=(0.2, 0.4, 0.85, 0.35), linewidths=0.7))
             if len(handles) and t > 0:
                 trails = np.transpose(xy[: t + 1, e, handles], (1, 0, 2))
                 ax.add_collection(LineCollection(trails, colors=(0.1, 0.7, 0.2, 0.35), linewidths=0.7))

@@ -278,11 +278,11 @@ class Task:
         if key not in cache:
             dt = dtype if dtype is not None else torch.float32
             cache[key] = {
-                "home": torch.as_tensor(self.home, dtype=dt, device=device),
-                "target": torch.as_tensor(self.target, dtype=dt, device=device),
-                "limit": torch.as_tensor(self.action_limits, dtype=dt, device=device),
-                "handles": torch.as_tensor(self.handles, dtype=torch.long, device=device),
-                "payload": torch.as_tensor(self.payload, dtype=torch.long, device=device),
+                "home": torch.tensor(np.array(self.home), dtype=dt, device=device),
+                "target": torch.tensor(np.array(self.target), dtype=dt, device=device),
+                "limit": torch.tensor(np.array(self.action_limits), dtype=dt, device=device),
+                "handles": torch.tensor(self.handles, dtype=torch.long, device=device),
+                "payload": torch.tensor(self.payload, dtype=torch.long, device=device),
             }
         return cache[key]
 
@@ -329,19 +329,23 @@ class Task:
         p, xr, vp = self.split_observation(obs)
         return reward(p, xr, vp, action, self.weights)
 
-    def reward_derivatives(self, x, v, action) -> dict:
+    def reward_derivatives(self, x, v, action, layout: str = "full") -> dict:
         """Analytic derivatives of :meth:`reward` (torch, same device/dtype as ``x``).
 
-        The full simulator state is ``s = [x, v, x_prev, v_prev]``, flattened per env as the
-        four (E, n, dim) blocks, each row-major, concatenated in that order (the layout of
-        :meth:`warpsim_rl.State.flat`; handles included). Returns:
+        ``layout="full"`` (default): the full simulator state ``s = [x, v, x_prev, v_prev]``,
+        flattened per env as the four (E, n, dim) blocks, each row-major, concatenated in that
+        order (the layout of :meth:`warpsim_rl.State.flat`; handles included), size ``4 n dim``.
+        ``layout="markov"``: the Markov state of ``warpsim_rl.autodiff.TorchSimulator.jacobians``,
+        ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (free particles = payload, then handle
+        positions), size ``4 k dim + h dim``, so that the Gauss-Newton matrix
+        ``J^T C_ss J + C_aa`` can be formed from those Jacobians directly. Returns:
 
-        * ``dr_ds`` (E, 4*n*dim): gradient w.r.t. ``s`` (zero on ``x_prev``, ``v_prev``, on
-          handle velocities and, when their weight is 0, on the other blocks);
-        * ``dr_da`` (E, h*dim): gradient w.r.t. the executed action ``-2 w_a a``;
-        * ``d2r_ds2`` (4*n*dim,): the constant Hessian diagonal w.r.t. ``s`` (the Hessian is
-          diagonal): ``-2 w_p`` on handle positions, ``-2 w_x`` on payload positions,
-          ``-2 w_v`` on payload velocities, 0 elsewhere;
+        * ``dr_ds`` (E, state size): gradient w.r.t. ``s`` (zero on ``x_prev``, ``v_prev`` and
+          handle velocities);
+        * ``dr_da`` (E, h*dim): gradient w.r.t. the executed action, ``-2 w_a a``;
+        * ``d2r_ds2`` (state size,): the constant diagonal of the (diagonal) Hessian w.r.t. ``s``:
+          ``-2 w_p`` on handle positions, ``-2 w_x`` on payload positions, ``-2 w_v`` on payload
+          velocities, 0 elsewhere;
         * ``d2r_da2`` (h*dim,): ``-2 w_a``.
 
         The cost ``c = -r`` has the negated (positive semi-definite) values. For a *commanded*
@@ -350,27 +354,39 @@ class Task:
         """
         import torch
 
+        if layout not in ("full", "markov"):
+            raise ValueError(f"layout = {layout!r}: must be 'full' or 'markov'")
         E, n, d = x.shape
         p, xr, vp = self.parts(x, v)
         gp, gx, gv, ga = reward_gradients(p, xr, vp, action, self.weights)
-        c = self.constants(x.device, x.dtype)
-        dx = torch.zeros_like(x)
-        dx[:, c["handles"]] = gp
-        dx[:, c["payload"]] = gx
-        dv = torch.zeros_like(v)
-        dv[:, c["payload"]] = gv
-        zeros = torch.zeros(E, 2 * n * d, dtype=x.dtype, device=x.device)
-        dr_ds = torch.cat([dx.reshape(E, -1), dv.reshape(E, -1), zeros], dim=1)
+        if layout == "full":
+            c = self.constants(x.device, x.dtype)
+            dx = torch.zeros_like(x)
+            dx[:, c["handles"]] = gp
+            dx[:, c["payload"]] = gx
+            dv = torch.zeros_like(v)
+            dv[:, c["payload"]] = gv
+            zeros = torch.zeros(E, 2 * n * d, dtype=x.dtype, device=x.device)
+            dr_ds = torch.cat([dx.reshape(E, -1), dv.reshape(E, -1), zeros], dim=1)
+        else:
+            zeros = torch.zeros(E, 2 * self.num_payload * d, dtype=x.dtype, device=x.device)
+            dr_ds = torch.cat([gx.reshape(E, -1), gv.reshape(E, -1), zeros, gp.reshape(E, -1)], dim=1)
         return {
             "dr_ds": dr_ds,
             "dr_da": ga.reshape(E, -1),
-            "d2r_ds2": torch.as_tensor(self.state_hessian_diagonal(), dtype=x.dtype, device=x.device),
+            "d2r_ds2": torch.as_tensor(self.state_hessian_diagonal(layout), dtype=x.dtype, device=x.device),
             "d2r_da2": torch.full((self.action_dim,), -2.0 * self.weights.w_a, dtype=x.dtype, device=x.device),
         }
 
-    def state_hessian_diagonal(self) -> np.ndarray:
-        """(4*n*dim,) float64 constant diagonal of ``d²r/ds²`` (see :meth:`reward_derivatives`)."""
+    def state_hessian_diagonal(self, layout: str = "full") -> np.ndarray:
+        """float64 constant diagonal of ``d²r/ds²`` in ``layout`` (see :meth:`reward_derivatives`)."""
         n, d, w = self.num_particles, self.dim, self.weights
+        if layout == "markov":
+            kd, hd = self.num_payload * d, self.num_handles * d
+            return np.concatenate([np.full(kd, -2.0 * w.w_x), np.full(kd, -2.0 * w.w_v), np.zeros(2 * kd),
+                                   np.full(hd, -2.0 * w.w_p)])
+        if layout != "full":
+            raise ValueError(f"layout = {layout!r}: must be 'full' or 'markov'")
         hx = np.zeros((n, d))
         hx[self.handles] = -2.0 * w.w_p
         hx[self.payload] = -2.0 * w.w_x

@@ -171,7 +171,7 @@ def record_rollout(scene, envs: int = 1, steps: int | None = None, actions=None,
         actions: ``None`` — random actions, uniform within ``±scene.velocity_limit`` per axis,
             redrawn every ``action_hold`` steps (a new random velocity every ``action_hold * dt``
             seconds gives visible swings; ``action_hold=1`` redraws each step); an array of
-            shape (T, E, h, dim) or broadcastable to it (e.g. (T, h, dim)); or a callable policy
+            shape (T, E, h, dim), or (T, h, dim) for the same actions in every env; or a callable policy
             ``policy(t, x, v) -> (E, h, dim)`` receiving host copies of the positions and
             velocities (E, n, dim) at step ``t`` (numpy or anything ``np.asarray`` accepts, such
             as a CPU torch tensor).
@@ -192,29 +192,31 @@ def record_rollout(scene, envs: int = 1, steps: int | None = None, actions=None,
     if isinstance(action_hold, bool) or not isinstance(action_hold, (int, np.integer)) or action_hold < 1:
         raise ValueError(f"action_hold = {action_hold!r}: must be an integer >= 1")
     h, dim = sc.num_handles, sc.dim
+    raw = None if actions is None or callable(actions) else np.asarray(actions, dtype=np.float64)
+    if steps is None:
+        steps = raw.shape[0] if raw is not None and raw.ndim >= 1 else 100
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps = {steps!r}: must be an integer >= 0")
     table = None
     if actions is None:
         source = _random_action_source(sc, envs, seed, int(action_hold))
     elif callable(actions):
         source = actions
     else:
-        raw = np.asarray(actions, dtype=np.float64)
-        if steps is None and raw.ndim >= 1:
-            steps = raw.shape[0]
-        want = (steps if steps is not None else 100, envs, h, dim)
+        given = raw.shape
+        want = (int(steps), int(envs), h, dim)
+        if raw.ndim == 3:  # (T, h, dim): the same actions for every env
+            raw = raw[:, None]
         try:
             table = np.broadcast_to(raw, want) if raw.shape[:1] == want[:1] else None
         except ValueError:
             table = None
         if table is None:
-            raise ValueError(f"actions: shape {raw.shape} does not match the expected {want} "
+            raise ValueError(f"actions: shape {given} does not match the expected {want} "
                              f"(steps, envs, handles, dim) for scene {sc.name!r}")
         if not np.all(np.isfinite(table)):
             raise ValueError("actions: values must be finite")
         source = None
-    steps = 100 if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise ValueError(f"steps = {steps!r}: must be an integer >= 0")
 
     model = sc.build(num_envs=int(envs), device=device, dtype=dtype)
     sim = Simulator(model)
@@ -230,7 +232,7 @@ def record_rollout(scene, envs: int = 1, steps: int | None = None, actions=None,
             if table is not None:
                 a = table[t]
             else:
-                x, v = positions[t], s0.v.numpy().astype(np.float64)
+                x, v = positions[t].copy(), s0.v.numpy().astype(np.float64)
                 a = np.asarray(source(t, x, v), dtype=np.float64)
                 try:
                     a = np.broadcast_to(a, (E, h, dim))
@@ -367,8 +369,9 @@ def _plane_quad(plane, dim: int, center: np.ndarray, size: tuple[float, float]) 
         t1 /= np.linalg.norm(t1)
         t2 = np.cross(n, t1)
     p0 = center - (n @ center - plane.offset) * n
-    # the larger in-plane size along whichever tangent is horizontal-ish, for a seamless floor
-    a, b = 0.5 * size[0], 0.5 * size[1]
+    # one grid cell wide along x and z (a horizontal floor tiles across the grid)
+    sx, sz = size
+    a, b = (0.5 * (abs(t[0]) * sx + abs(t[2]) * sz + abs(t[1]) * max(sx, sz)) for t in (t1, t2))
     return np.array([p0 - a * t1 - b * t2, p0 + a * t1 - b * t2, p0 + a * t1 + b * t2, p0 - a * t1 + b * t2])
 
 
@@ -381,6 +384,10 @@ def _check_output_path(path) -> Path:
     if path.suffix.lower() not in SUFFIXES:
         raise ValueError(f"output path {str(path)!r}: the extension must be one of {list(SUFFIXES)} "
                          f"(.usd is written as binary crate)")
+    return _check_dir(path)
+
+
+def _check_dir(path: Path) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
@@ -406,12 +413,7 @@ def _reserve_temp(path: Path) -> str:
 def probe_writable(path) -> Path:
     """Raise a clear error now if ``path`` cannot be written (bad extension is not checked
     here), without touching an existing file at ``path``."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a directory")
+    path = _check_dir(Path(path))
     os.unlink(_reserve_temp(path))
     return path
 
@@ -447,7 +449,8 @@ def atomic_write(path, writer: Callable[[str], None]) -> Path:
 def _spring_colors(t: np.ndarray, scale: float) -> np.ndarray:
     s = np.clip(t / scale, -1.0, 1.0)[..., None]
     pos, neg = np.maximum(s, 0.0), np.maximum(-s, 0.0)
-    return (SPRING_REST + pos * (SPRING_TENSION - SPRING_REST) + neg * (SPRING_COMPRESSION - SPRING_REST)).astype(np.float32)
+    c = SPRING_REST + pos * (SPRING_TENSION - SPRING_REST) + neg * (SPRING_COMPRESSION - SPRING_REST)
+    return c.astype(np.float32)
 
 
 def _cable_colors(t: np.ndarray, scale: float) -> np.ndarray:
@@ -534,7 +537,13 @@ def export_rollout(scene, positions, path, *, dt: float | None = None, env_spaci
         if not layer.Export(tmp, comment=""):
             raise OSError(f"writing {str(path)!r} failed (USD could not export the layer)")
 
-    return atomic_write(path, write)
+    atomic_write(path, write)
+    # a stage of this process that already has the old file open would otherwise keep
+    # showing it (USD caches layers by path): reload it from the new file
+    cached = Sdf.Layer.Find(str(path.resolve()))
+    if cached is not None:
+        cached.Reload(force=True)
+    return path
 
 
 def _build_layer(sc: Scene, x: np.ndarray, ten: np.ndarray, faces, dt: float, radius: float,
@@ -715,11 +724,12 @@ def _version() -> str:
 def check_compliance(path) -> tuple[list[str], list[str]]:
     """Run usd-core's compliance checks on ``path``; returns ``(errors, warnings)``.
 
-    With a usd-core that still ships ``UsdUtils.ComplianceChecker`` (up to 26.05) that checker
-    runs with its default (non-ARKit) rules, and its failed checks count as errors together
-    with ``GetErrors()``. usd-core 26.08 removed it in favour of the validation framework
-    (``pxr.UsdValidation``, which ``usdchecker`` now uses): then every registered validator runs
-    on the stage and each ``Error``-type result is an error, the rest warnings.
+    With a usd-core that still ships ``UsdUtils.ComplianceChecker`` (24.x to at least 26.03)
+    that checker runs with its default (non-ARKit) rules, and its failed checks count as errors
+    together with ``GetErrors()``. usd-core 26.08 and later no longer have it (the validation
+    framework ``pxr.UsdValidation``, which ``usdchecker`` now uses, replaced it): then every
+    registered validator runs on the stage and each ``Error``-type result is an error, the rest
+    warnings.
     """
     _require_pxr()
     path = str(path)
@@ -828,7 +838,8 @@ def main(argv=None) -> int:
     p.add_argument("--png", metavar="PATH", help="also render a matplotlib preview (x-y projection)")
     p.add_argument("--check", action="store_true", help="run the USD compliance checker on the file")
     p.add_argument("--bench", action="store_true",
-                   help="benchmark the export (default 64 envs x 100 steps of rope3d) and print JSON")
+                   help="benchmark the export (default 64 envs x 100 steps of rope3d) and print JSON; "
+                        "the extension of --out, if given, picks the format (default .usdc)")
     args = p.parse_args(argv)
 
     if args.bench:

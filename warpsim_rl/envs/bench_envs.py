@@ -1,0 +1,108 @@
+"""Environment benchmark: env-steps/s of :class:`~warpsim_rl.envs.torch_env.WarpSimEnv.step`
+for every registered task (to be wired as ``python -m warpsim_rl.bench envs --json``).
+
+A step here is the whole environment step: action validation (shape, dtype, device, finiteness),
+clipping, the BDF2 solve, observation, reward, and the auto-resets at the horizon. Actions are
+uniform within the limits (pre-generated on the device). Timings exclude kernel compilation (one
+warm-up step), synchronise the device before the clock stops, and report the median of
+``repeats`` timed passes.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import numpy as np
+import torch
+import warp as wp
+
+from ..tasks import make_task, task_names
+from .torch_env import WarpSimEnv
+
+__all__ = ["bench_envs", "bench_task"]
+
+
+def bench_task(task, envs: int = 4096, steps: int = 100, device="cpu", dtype="float32", repeats: int = 3,
+               seed: int = 0) -> dict:
+    """Benchmark one task; returns a row dict (see :func:`bench_envs`)."""
+    t = make_task(task)
+    env = WarpSimEnv(t, envs, device=device, dtype=dtype, seed=seed)
+    env.reset()
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    lim = t.constants(env.device, env.dtype)["limit"].reshape(-1)
+    acts = [(torch.rand(envs, t.action_dim, generator=gen, device=env.device, dtype=env.dtype) * 2 - 1) * lim
+            for _ in range(8)]
+    env.step(acts[0])  # compile + warm up
+    wp.synchronize_device(env.model.device)
+    times = []
+    diverged = 0
+    for _ in range(repeats):
+        env.reset()
+        wp.synchronize_device(env.model.device)
+        t0 = time.perf_counter()
+        count = torch.zeros((), dtype=torch.long, device=env.device)
+        for k in range(steps):
+            _, _, term, _, _ = env.step(acts[k % len(acts)])
+            count += term.sum()  # stays on the device: no sync inside the timed loop
+        wp.synchronize_device(env.model.device)
+        times.append(time.perf_counter() - t0)
+        diverged += int(count)
+    elapsed = float(np.median(times))
+    return {
+        "name": t.name,
+        "system": t.scene_name,
+        "obs_dim": t.obs_dim,
+        "action_dim": t.action_dim,
+        "horizon": t.horizon,
+        "dt": t.dt,
+        "envs": envs,
+        "steps": steps,
+        "elapsed_s": elapsed,
+        "env_steps_per_s": envs * steps / elapsed,
+        "env_steps_per_s_best": envs * steps / min(times),
+        "diverged_env_steps": diverged,
+    }
+
+
+def bench_envs(envs: int = 4096, steps: int = 100, device="cpu", dtype="float32", tasks=None,
+               repeats: int = 3) -> dict:
+    """env-steps/s of the batched torch env at ``envs`` environments for each task (default: all
+    registered tasks). Returns ``{"benchmark": "envs", "envs", "steps", "device", "dtype",
+    "rows": [{"name", "obs_dim", "action_dim", "horizon", "env_steps_per_s", ...}, ...]}``."""
+    names = list(tasks) if tasks is not None else task_names()
+    rows = [bench_task(n, envs, steps, device, dtype, repeats) for n in names]
+    return {
+        "benchmark": "envs",
+        "envs": envs,
+        "steps": steps,
+        "device": str(device),
+        "dtype": str(dtype),
+        "repeats": repeats,
+        "rows": rows,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "warp": wp.__version__,
+        "torch": torch.__version__,
+    }
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m warpsim_rl.envs.bench_envs", description=__doc__)
+    p.add_argument("--envs", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--task", action="append", default=None, help="task name (repeatable; default: all)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    out = bench_envs(a.envs, a.steps, a.device, a.dtype, a.task, a.repeats)
+    if a.json:
+        print(json.dumps(out))
+    else:
+        for r in out["rows"]:
+            print(f"{r['name']:32s} obs {r['obs_dim']:3d} act {r['action_dim']:2d} horizon {r['horizon']:4d} "
+                  f"{r['env_steps_per_s']:14,.0f} env-steps/s")
