@@ -51,8 +51,9 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
     la = band_funcs(dtype)
     vec = el.vec
     mat = el.mat
-    # round-off allowance on Phi for the approximate-Armijo test (Hager & Zhang 2005)
-    NOISE = 1.0e3 * (1.1920929e-07 if dtype == wp.float32 else 2.220446049250313e-16)
+    # round-off allowance on Phi for the approximate-Armijo test (Hager & Zhang 2005), in units of
+    # the error scale returned by assemble()
+    NOISE = 64.0 * (1.1920929e-07 if dtype == wp.float32 else 2.220446049250313e-16)
 
     @wp.func
     def inertial_target(x: vec, v: vec, xp: vec, vp: vec, h: dtype):
@@ -130,7 +131,9 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         g: wp.array2d(dtype=dtype),
         H: wp.array2d(dtype=dtype),
     ):
-        """Incremental potential ``Phi`` at ``xq[e]``; writes its gradient into ``g`` and its
+        """Incremental potential ``Phi`` at ``xq[e]`` and the scale of its round-off error (the sum
+        over its terms of |term gradient| x |position|, to be multiplied by the machine epsilon);
+        writes its gradient into ``g`` and its
         Hessian into the band ``H`` (both (re)initialised here). ``y_t``/``x_hat`` (N, E) hold the
         step's inertial target and ``x_hat`` (:func:`store_targets`); ``x_in`` the positions at
         the start of the step (damping direction); ``v_handle`` the handle velocities."""
@@ -141,6 +144,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         for i in range(N * (B + 1)):
             H[i, e] = dtype(0.0)
         phi = dtype(0.0)
+        scale = dtype(0.0)
         n = free_index.shape[0]
         for p in range(n):
             f = free_index[p]
@@ -148,6 +152,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                 m = mass[e, p]
                 r = xq[e, p] - get_vec(y_t, e, f)
                 phi += dtype(0.5) * m * wp.dot(r, r) - beta * m * wp.dot(gravity, r)
+                scale += m * (wp.length(r) + beta * wp.length(gravity)) * wp.length(xq[e, p])
                 add_vec(g, e, f, m * r - (beta * m) * gravity)
                 for a in range(dim):
                     la.band_add(H, e, B, f * dim + a, f * dim + a, m)
@@ -176,6 +181,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                     gr += gd
                     K += Kd
             phi += beta * u
+            scale += beta * wp.length(gr) * (wp.length(xi) + wp.length(xj))
             if fi >= 0:
                 add_vec(g, e, fi, beta * gr)
                 add_block(H, e, B, fi, fi, K, beta)
@@ -184,7 +190,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                 add_block(H, e, B, fj, fj, K, beta)
             if fi >= 0 and fj >= 0:
                 add_block(H, e, B, fi, fj, K, -beta)
-        return phi
+        return phi, scale
 
     @wp.func
     def set_iterate(e: int, free_index: wp.array(dtype=int), base: wp.array2d(dtype=dtype),
@@ -262,8 +268,8 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             f = free_index[p]
             if f >= 0:
                 x_out[e, p] = get_vec(y_t, e, f)
-        phi = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j,
-                       stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
+        phi, phi_scale = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j,
+                                  stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
         st = STATUS_MAX_ITERS
         it = int(0)
         res = dtype(0.0)
@@ -318,11 +324,11 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             # (Phi within round-off of the start and the slope along dx not turned positive),
             # which keeps float32 from stalling where Phi differences drown in round-off
             alpha = dtype(1.0)
-            noise = dtype(NOISE) * wp.abs(phi)
+            noise = dtype(NOISE) * phi_scale
             for ls in range(ls_max + 1):
                 set_iterate(e, free_index, base, dx, alpha, x_out)
-                phi_t = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
-                                 spring_j, stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
+                phi_t, scale_t = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
+                                          spring_j, stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
                 slope_t = dtype(0.0)
                 for i in range(N):
                     slope_t += g[i, e] * dx[i, e]
@@ -330,6 +336,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                 approx = phi_t <= phi + noise and slope_t <= dtype(-0.8) * slope
                 if armijo or approx or ls == ls_max:
                     phi = phi_t
+                    phi_scale = scale_t
                     break
                 alpha = alpha * dtype(0.5)
             prev_res = res
@@ -377,8 +384,9 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         ``y_t``/``x_hat`` are (N, E) scratch."""
         e = wp.tid()
         store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
-        phi[e] = assemble(e, xq, x_in, y_t, x_hat, v_handle, mass, free_index, spring_i, spring_j,
-                          stiffness, rest, damping, cable, gravity, h, N, B, project, g, H)
+        value, scale = assemble(e, xq, x_in, y_t, x_hat, v_handle, mass, free_index, spring_i, spring_j,
+                                stiffness, rest, damping, cable, gravity, h, N, B, project, g, H)
+        phi[e] = value
 
     return SimpleNamespace(vec=vec, mat=mat, bdf2_step=bdf2_step, potential=potential, assemble=assemble,
                            inertial_target=inertial_target, add_block=add_block, add_vec=add_vec,

@@ -23,12 +23,14 @@ def to_band(A, B):
     return H
 
 
-def from_band_lower(H, N, B):
-    """(N*(B+1), E) lower band -> (E, N, N) lower-triangular matrices."""
+def factor_from_band(H, N, B):
+    """(N*(B+1), E) factored band -> (E, N, N) Cholesky factors L. The factorisation stores
+    ``1 / L[i, i]`` on the diagonal (kernels/linalg.py module doc)."""
     E = H.shape[1]
     L = np.zeros((E, N, N))
     for i in range(N):
-        for d in range(min(B, i) + 1):
+        L[:, i, i] = 1.0 / H[i * (B + 1)]
+        for d in range(1, min(B, i) + 1):
             L[:, i, i - d] = H[i * (B + 1) + d]
     return L
 
@@ -76,7 +78,7 @@ def test_band_factor_solve_matches_numpy(device, dtype, N, B, rng):
 
     x_ref = np.linalg.solve(A, rhs[..., None])[..., 0]
     L_ref = np.linalg.cholesky(A)
-    L = from_band_lower(Hf, N, B)
+    L = factor_from_band(Hf, N, B)
     eps = np.finfo(DTYPES[dtype][1]).eps
     cond = np.linalg.cond(A).max()
     tol = 4 * N * eps * cond  # standard forward-error bound

@@ -159,8 +159,8 @@ class _StepFunction(torch.autograd.Function):
         wins = [tsim._wp(t) for t in (x, v, xp, vp)]
         wouts = [tsim._wp(t) for t in outs]
         wa = tsim._wp(action)
-        wk = wp.from_torch(stiffness) if stiffness is not None else None
-        wm = wp.from_torch(mass) if mass is not None else None
+        wk = wp.from_torch(stiffness, requires_grad=False) if stiffness is not None else None
+        wm = wp.from_torch(mass, requires_grad=False) if mass is not None else None
         tsim.sim.launch(wins, wa, wouts, stiffness=wk, mass=wm, cache=False)
         status = wp.clone(tsim.sim.status)
         if tsim.check:
@@ -188,8 +188,8 @@ class _StepFunction(torch.autograd.Function):
         d = tsim.diff
         d.vjp([tsim._wp(t) for t in (x, v, xp, vp)], tsim._wp(action), [tsim._wp(x1), tsim._wp(v1)],
               [tsim._wp(g) for g in grads_out], [tsim._wp(g) for g in grads_in], tsim._wp(g_action),
-              wp.from_torch(g_k), wp.from_torch(g_m),
-              stiffness=wp.from_torch(k) if ctx.has_k else None, mass=wp.from_torch(mass) if ctx.has_m else None)
+              wp.from_torch(g_k, requires_grad=False), wp.from_torch(g_m, requires_grad=False),
+              stiffness=wp.from_torch(k, requires_grad=False) if ctx.has_k else None, mass=wp.from_torch(mass, requires_grad=False) if ctx.has_m else None)
         d.check_ok("backward")
         return (None, *grads_in, g_action, g_k if ctx.has_k else None, g_m if ctx.has_m else None)
 
@@ -213,7 +213,7 @@ class TorchSimulator:
         self.torch_dtype = torch.float32 if model.dtype == wp.float32 else torch.float64
 
     def _wp(self, t: torch.Tensor) -> wp.array:
-        return wp.from_torch(t, dtype=self.model.vec)
+        return wp.from_torch(t, dtype=self.model.vec, requires_grad=False)
 
     def _validate(self, name: str, t, shape) -> torch.Tensor:
         err = ActionError if name == "action" else ValueError
@@ -284,9 +284,9 @@ class TorchSimulator:
         A = torch.empty((m.num_envs, m.num_state, m.num_state), dtype=self.torch_dtype, device=self.torch_device)
         B = torch.empty((m.num_envs, m.num_state, m.num_actions), dtype=self.torch_dtype, device=self.torch_device)
         self.diff.jacobians([self._wp(t.contiguous()) for t in (x, v, x_prev, v_prev)], self._wp(action.contiguous()),
-                            [self._wp(nxt[0]), self._wp(nxt[1])], wp.from_torch(A), wp.from_torch(B),
-                            stiffness=wp.from_torch(stiffness) if stiffness is not None else None,
-                            mass=wp.from_torch(mass) if mass is not None else None)
+                            [self._wp(nxt[0]), self._wp(nxt[1])], wp.from_torch(A, requires_grad=False), wp.from_torch(B, requires_grad=False),
+                            stiffness=wp.from_torch(stiffness, requires_grad=False) if stiffness is not None else None,
+                            mass=wp.from_torch(mass, requires_grad=False) if mass is not None else None)
         if self.check:
             self.diff.check_ok("jacobians")
         return nxt, A, B

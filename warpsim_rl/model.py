@@ -65,6 +65,10 @@ class Model:
         self.num_dofs = scene.num_dofs
         self.band = band_width(scene)
         self.dt = float(scene.dt)
+        for field in ("dt", "gravity", "positions", "velocities", "masses", "stiffness", "rest_length",
+                      "damping", "velocity_limit"):
+            _check_cast(getattr(scene, field), self.np_dtype, f"scene.{field}", positive=field in ("dt", "stiffness"))
+        _check_cast(np.where(scene.is_handle, 1.0, scene.masses), self.np_dtype, "scene.masses", positive=True)
         self.gravity = self.vec(*scene.gravity.astype(self.np_dtype))
         solver = scene.solver
         self.max_iters = solver.max_iters
@@ -106,25 +110,21 @@ class Model:
 
     def set_masses(self, values) -> None:
         """Per-env masses of all particles: broadcastable to (E, n), kg; free particles > 0."""
-        vals = np.broadcast_to(np.asarray(values, dtype=np.float64), (self.num_envs, self.num_particles))
+        shape = (self.num_envs, self.num_particles)
+        vals = _broadcast_param(values, shape, "mass")
         free = ~self.scene.is_handle
         bad = np.argwhere(~(vals[:, free] > 0))
         if bad.size:
             e, k = bad[0]
             p = int(np.flatnonzero(free)[k])
-            raise SceneError(f"mass[{e}, {p}] = {vals[e, p]!r}: must be > 0 for a free particle")
-        self._set_param("mass", self.mass, vals, (self.num_envs, self.num_particles), positive=False)
+            raise SceneError(f"mass[{e}, {p}] = {float(vals[e, p])!r}: must be > 0 for a free particle")
+        # free masses that underflow to 0 in float32 are as invalid as 0
+        _check_cast(np.where(free, vals, 1.0), self.np_dtype, "mass", positive=True)
+        self._set_param("mass", self.mass, vals, shape, positive=False)
 
     def _set_param(self, name, arr, values, shape, positive):
-        try:
-            vals = np.broadcast_to(np.asarray(values, dtype=np.float64), shape)
-        except ValueError:
-            raise SceneError(f"{name}: shape {np.shape(values)} does not broadcast to {shape}") from None
-        if not np.all(np.isfinite(vals)):
-            raise SceneError(f"{name}: values must be finite")
-        if positive and np.any(vals <= 0):
-            idx = tuple(int(v) for v in np.argwhere(vals <= 0)[0])
-            raise SceneError(f"{name}{list(idx)} = {vals[idx]!r}: must be > 0")
+        vals = _broadcast_param(values, shape, name)
+        _check_cast(vals, self.np_dtype, name, positive=positive)
         arr.assign(wp.array(np.ascontiguousarray(vals, dtype=self.np_dtype), dtype=self.dtype, device=self.device))
 
     # -- states and controls -------------------------------------------------------------------
@@ -165,8 +165,9 @@ class State:
         ``x_prev = x - dt v``, ``v_prev = v``."""
         m = self.model
         shape = (m.num_envs, m.num_particles, m.dim)
-        x = _broadcast_state(positions if positions is not None else m.scene.positions, shape, "positions")
-        v = _broadcast_state(velocities if velocities is not None else m.scene.velocities, shape, "velocities")
+        x = _broadcast_state(positions if positions is not None else m.scene.positions, shape, "positions", m.np_dtype)
+        v = _broadcast_state(velocities if velocities is not None else m.scene.velocities, shape, "velocities",
+                             m.np_dtype)
         v = v.copy()
         v[:, m.scene.is_handle] = 0.0
         xp = x - m.dt * v
@@ -204,12 +205,36 @@ class Control:
                                requires_grad=requires_grad)
 
 
-def _broadcast_state(value, shape, field) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
+def _broadcast_param(value, shape, field) -> np.ndarray:
+    """``value`` as float64 broadcast to ``shape``; SceneError naming ``field`` otherwise."""
     try:
-        arr = np.broadcast_to(arr, shape)
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SceneError(f"{field} = {value!r}: expected numbers") from None
+    try:
+        return np.broadcast_to(arr, shape)
     except ValueError:
         raise SceneError(f"{field}: shape {np.shape(value)} does not broadcast to {shape}") from None
-    if not np.all(np.isfinite(arr)):
-        raise SceneError(f"{field}: values must be finite")
+
+
+def _check_cast(vals: np.ndarray, np_dtype, field, positive=False) -> None:
+    """Raise SceneError naming the first entry of ``vals`` that is not finite (also after the
+    cast to the model's ``np_dtype``, e.g. 1e39 overflows float32) or, with ``positive``, not
+    > 0 (also after the cast: 1e-50 underflows float32 to 0)."""
+    vals = np.asarray(vals, dtype=np.float64)
+    with np.errstate(over="ignore", under="ignore"):
+        cast = vals.astype(np_dtype)
+    for bad, why in ((~np.isfinite(vals), "must be finite"),
+                     (~np.isfinite(cast), f"overflows {np.dtype(np_dtype).name}"),
+                     ((~(vals > 0)) if positive else None, "must be > 0"),
+                     ((~(cast > 0)) if positive else None, f"underflows to 0 in {np.dtype(np_dtype).name}")):
+        if bad is not None and np.any(bad):
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            at = f"{list(idx)}" if idx else ""
+            raise SceneError(f"{field}{at} = {float(vals[idx])!r}: {why}")
+
+
+def _broadcast_state(value, shape, field, np_dtype=np.float64) -> np.ndarray:
+    arr = _broadcast_param(value, shape, field)
+    _check_cast(arr, np_dtype, field)
     return np.array(arr)

@@ -346,16 +346,17 @@ class SceneBuilder:
     def set_solver(self, max_iters: int | None = None, tol: float | None = None,
                    line_search_max: int | None = None) -> None:
         cur = self.solver
-        if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 1):
+        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
+        if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
             raise SceneError(f"solver.max_iters = {max_iters!r}: must be an integer >= 1")
         if tol is not None and (_number(tol, "solver.tol") <= 0):
             raise SceneError(f"solver.tol = {tol!r}: must be > 0")
-        if line_search_max is not None and (not isinstance(line_search_max, int) or line_search_max < 0):
+        if line_search_max is not None and (not is_int(line_search_max) or line_search_max < 0):
             raise SceneError(f"solver.line_search_max = {line_search_max!r}: must be an integer >= 0")
         self.solver = SolverSettings(
-            max_iters=cur.max_iters if max_iters is None else max_iters,
+            max_iters=cur.max_iters if max_iters is None else int(max_iters),
             tol=cur.tol if tol is None else float(tol),
-            line_search_max=cur.line_search_max if line_search_max is None else line_search_max,
+            line_search_max=cur.line_search_max if line_search_max is None else int(line_search_max),
         )
 
     def finalize(self) -> Scene:
@@ -470,6 +471,8 @@ def _scene_from_dict(data: dict, **overrides) -> Scene:
     for i, p in enumerate(data.get("particles", [])):
         f = f"particles[{i}]"
         _check_keys(p, _PARTICLE_KEYS, f)
+        if not isinstance(p.get("handle", False), bool):
+            raise SceneError(f"{f}.handle = {p['handle']!r}: expected true or false")
         if p.get("handle", False):
             for bad in ("mass", "velocity"):
                 if bad in p:

@@ -31,10 +31,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..sim import ActionError
-from ..tasks import Task
+from ..tasks import Task, task_names
 from .torch_env import WarpSimEnv
 
-__all__ = ["WarpSimVectorEnv", "WarpSimGymEnv", "ActionError"]
+__all__ = ["WarpSimVectorEnv", "WarpSimGymEnv", "ActionError", "register_gymnasium_envs"]
 
 
 def _spaces(env: WarpSimEnv):
@@ -179,7 +179,11 @@ class WarpSimGymEnv(gymnasium.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, task: Task | str, device="cpu", dtype="float32"):
+    def __init__(self, task: Task | str, device="cpu", dtype="float32", render_mode: str | None = None):
+        if render_mode is not None:
+            raise ValueError(f"render_mode = {render_mode!r}: WarpSimGymEnv does not render "
+                             "(see warpsim_rl.envs.pictures for drawings)")
+        self.render_mode = None
         self.env = WarpSimEnv(task, 1, device=device, dtype=dtype, auto_reset=False, validate=False)
         self.task = self.env.task
         self.observation_space, self.action_space, self._np_dtype = _spaces(self.env)
@@ -214,3 +218,18 @@ class WarpSimGymEnv(gymnasium.Env):
 
     def close(self):
         self.env.close()
+
+
+def register_gymnasium_envs(namespace: str = "warpsim_rl") -> list[str]:
+    """Register every task with gymnasium as ``<namespace>/<task>-v0`` (idempotent) and return the
+    ids: ``gymnasium.make(id)`` gives a :class:`WarpSimGymEnv`, ``gymnasium.make_vec(id, num_envs,
+    vectorization_mode="vector_entry_point")`` a batched :class:`WarpSimVectorEnv`. Keyword
+    arguments such as ``device``/``dtype`` pass through ``make``/``make_vec``."""
+    ids = []
+    for name in task_names():
+        env_id = f"{namespace}/{name}-v0"
+        if env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point=f"{__name__}:WarpSimGymEnv",
+                               vector_entry_point=f"{__name__}:WarpSimVectorEnv", kwargs={"task": name})
+        ids.append(env_id)
+    return ids

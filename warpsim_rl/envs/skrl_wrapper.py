@@ -54,6 +54,11 @@ class SkrlWrapper(Wrapper):
         self._info: dict[str, Any] = {}
 
     @property
+    def torch_env(self) -> WarpSimEnv:
+        """The wrapped :class:`WarpSimEnv`."""
+        return self._env
+
+    @property
     def observation_space(self) -> gymnasium.Space:
         """Single-env observation space ``Box(-inf, inf, (obs_dim,))``."""
         return self._obs_space
