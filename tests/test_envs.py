@@ -1,7 +1,6 @@
 """The batched torch environment: reset/step semantics, auto-reset, clipping, divergence
 handling, bad input, every task's random episode, the differentiable rollout, the benchmark hook."""
 
-import dataclasses
 import warnings
 
 import numpy as np
@@ -11,7 +10,7 @@ import warp as wp
 
 from warpsim_rl import ActionError
 from warpsim_rl.envs import WarpSimEnv
-from warpsim_rl.tasks import InitialStateDistribution, make_task, task_names
+from warpsim_rl.tasks import make_task, task_names
 
 ALL = task_names()
 
@@ -307,3 +306,13 @@ def test_bench_envs_hook():
     row = out["rows"][1]
     assert row["name"] == "rope3d-stop-origin" and row["obs_dim"] == 63 and row["action_dim"] == 3
     assert row["horizon"] == 100 and row["env_steps_per_s"] > 0
+
+
+def test_system_pictures_render(tmp_path):
+    """docs/images/env_*.png are drawn by the project's own code (warpsim_rl.envs.pictures)."""
+    pytest.importorskip("matplotlib")
+    from warpsim_rl.envs.pictures import render_all
+
+    paths = render_all(tmp_path, systems=("cable_payload2d", "double_pendulum3d"))
+    assert [p.name for p in paths] == ["env_cable_payload2d.png", "env_double_pendulum3d.png"]
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

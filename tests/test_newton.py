@@ -109,8 +109,9 @@ def test_newton_converges_pendulum(device, dtype, dt, damping, rng):
 
 @pytest.mark.parametrize("scene", ["cable_payload2d", "double_pendulum3d", "rope3d"])
 def test_bdf2_equations_hold_shipped_scenes(device, scene, rng):
-    """Random actions and velocities on the shipped scenes (cables going slack and taut; a
-    damped rope), float64: the output satisfies the BDF2 equations to the Newton tolerance."""
+    """Random actions (up to 1.5x the limits: clipped) and velocities on the shipped scenes
+    (cables going slack and taut; a damped rope), float64: the output satisfies the BDF2
+    equations to the Newton tolerance."""
     sc = load_scene(scene, num_particles=5, damping=0.5) if scene == "rope3d" else load_scene(scene)
     E = 3
     model = sc.build(num_envs=E, device=device, dtype="float64")
@@ -121,7 +122,7 @@ def test_bdf2_equations_hold_shipped_scenes(device, scene, rng):
     ctrl = model.control()
     worst = 0.0
     for t in range(15):
-        a = random_action(model, rng)
+        a = 1.5 * random_action(model, rng)
         set_action(model, ctrl, a)
         sim.step(s0, ctrl, s1, check=True)
         assert np.all(sim.residual.numpy() <= model.tol)
@@ -162,13 +163,11 @@ def test_newton_converges_stiff_double_pendulum_thrown_up(device, dtype):
     assert err <= 2 * model.tol
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "float64 Newton stagnates at the round-off floor for very stiff springs (k = 1e6 N/m): the last "
-    "Newton steps (~1e-10 m) change Phi by less than its evaluation noise (rounding of l - L, "
-    "~beta*k*|l-L|*eps), which the line search's allowance 1e3*eps*|Phi| underestimates because "
-    "|Phi| is tiny; steps are cut to 2^-12 and the residual (~1e-8 m/s) stays above "
-    "STALL_FACTOR*tol = 1e-8 -> STATUS_MAX_ITERS in a few envs"))
 def test_newton_converges_very_stiff_small_swings(device):
+    """k = 1e6 N/m, small swings, float64: the last Newton steps (~1e-10 m) change Phi by less
+    than the rounding of its spring terms (~beta k |l - L| eps), far above eps |Phi|. The line
+    search must accept them (round-off-aware noise scale) instead of stagnating at ~1e-8 m/s
+    (which gave STATUS_MAX_ITERS in ~3% of these envs before that fix)."""
     dt, k, E = 0.02, 1e6, 256
     b = SceneBuilder("stiff_pendulum", dim=2, dt=dt)
     h = b.add_handle([0.0, 0.0], velocity_limit=[2.0, 2.0])

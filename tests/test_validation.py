@@ -327,10 +327,6 @@ def test_action_wrong_dtype():
     _assert_no_launch(sim, s1)
 
 
-@pytest.mark.xfail(strict=True, raises=ActionError, reason=(
-    "Simulator.check_action compares action.dtype with model.vec by identity: an array of Warp's "
-    "built-in wp.vec2f (the same type for Warp: wp.types.types_equal is true, and the kernel "
-    "launches fine with it) is rejected with 'action.dtype = vec2f: expected vec2f'"))
 @pytest.mark.parametrize("dtype,vec", [("float32", wp.vec2f), ("float64", wp.vec2d)])
 def test_action_builtin_vector_type_accepted(dtype, vec):
     model, sim, s0, s1, ctrl = _sim(dtype)

@@ -275,12 +275,12 @@ class TorchSimulator:
             t = t1
         return states
 
-    def jacobians(self, x, v, x_prev, v_prev, action, stiffness=None, mass=None):
+    def jacobians(self, x, v, x_prev, v_prev, action, stiffness=None, mass=None, validate: bool = True):
         """One forward step and its Jacobians: returns ``(next_state, A, B)`` with
         ``A`` (E, ns, ns) and ``B`` (E, ns, na) torch tensors on the Markov state (docs/api.md)."""
         m = self.model
         with torch.no_grad():
-            nxt = self.step(x, v, x_prev, v_prev, action, stiffness, mass)
+            nxt = self.step(x, v, x_prev, v_prev, action, stiffness, mass, validate=validate)
         A = torch.empty((m.num_envs, m.num_state, m.num_state), dtype=self.torch_dtype, device=self.torch_device)
         B = torch.empty((m.num_envs, m.num_state, m.num_actions), dtype=self.torch_dtype, device=self.torch_device)
         self.diff.jacobians([self._wp(t.contiguous()) for t in (x, v, x_prev, v_prev)], self._wp(action.contiguous()),

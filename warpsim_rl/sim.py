@@ -93,7 +93,7 @@ class Simulator:
             raise ActionError(f"action: expected a warp array, got {type(action).__name__}")
         if action.device != m.device:
             raise ActionError(f"action.device = {action.device}: expected {m.device}")
-        if action.dtype != m.vec:
+        if not wp.types.types_equal(action.dtype, m.vec):
             raise ActionError(f"action.dtype = {wp.types.type_repr(action.dtype)}: expected "
                               f"{wp.types.type_repr(m.vec)} ({m.dim}-vectors of {m.dtype.__name__})")
         if tuple(action.shape) != want:

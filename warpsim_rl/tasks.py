@@ -640,7 +640,8 @@ def _build_registry() -> dict[str, Task]:
     tasks = {}
     for system in SYSTEMS:
         desc, horizon, swing, bend, speed = _SYSTEM_SETTINGS[system]
-        sc_h, sc_k = {"cable_payload2d": (2, 1), "double_pendulum3d": (1, 2), "rope3d": (1, 10)}.get(system, (1, 1))
+        sc = load_scene(system)
+        sc_h, sc_k = sc.num_handles, len(sc.free_particles)  # weights per handle / payload particle
         for kind in TASK_KINDS:
             origin = kind == "stop-origin"
             w = Weights(w_p=(1.0 / sc_h) if origin else 0.0, w_x=(1.0 / sc_k) if origin else 0.0,

@@ -21,11 +21,13 @@ env's state is rolled back to its last valid state, its reward and final observa
 on that state, so observations and rewards are never NaN. With ``auto_reset=True`` (default) done
 envs are reset inside :meth:`step` (same-step autoreset, as in Isaac Lab / skrl): the returned
 observation is the new episode's first one and ``info["final_observation"]`` holds the last
-observation of the finished episode (rows of envs that are not done equal the returned ones;
-``info["done"]`` is the mask).
+observation of the finished episode (``info["done"]`` is the mask; in steps where no env was
+reset it is the returned observation tensor itself, not a copy).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
@@ -86,8 +88,19 @@ class WarpSimEnv:
         self._lim = self._const["limit"]
         self._rng = np.random.default_rng(seed)
         self.episode_step = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
-        self._obs = None
+        self._has_reset = False
         self.closed = False
+        self._wp_stream = None  # (torch cuda_stream handle, warp Stream) on CUDA devices
+
+    def _stream(self):
+        """On CUDA, run Warp work on torch's current stream (torch writes the actions and reads
+        the results, so both must be ordered on one stream); a no-op on the CPU."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        handle = torch.cuda.current_stream(self.device).cuda_stream
+        if self._wp_stream is None or self._wp_stream[0] != handle:
+            self._wp_stream = (handle, wp.stream_from_torch(self.device))
+        return wp.ScopedStream(self._wp_stream[1])
 
     # -- state access ------------------------------------------------------------------------------
     @property
@@ -133,11 +146,12 @@ class WarpSimEnv:
             if pos.shape != shape or vel.shape != shape:
                 raise ValueError(f"initial_state: expected positions and velocities of shape {shape} "
                                  f"(reset envs, particles, dim), got {pos.shape} and {vel.shape}")
-        self._write_states(mask, pos, vel)
+        with self._stream():
+            self._write_states(mask, pos, vel)
+            self.sim.clear_failures()
         self.episode_step[torch.as_tensor(mask, device=self.device)] = 0
-        self.sim.clear_failures()
-        self._obs = self.observation()
-        return self._obs.clone(), {"env_ids": torch.as_tensor(np.flatnonzero(mask), device=self.device)}
+        self._has_reset = True
+        return self.observation(), {"env_ids": torch.as_tensor(np.flatnonzero(mask), device=self.device)}
 
     def _mask(self, env_ids) -> np.ndarray:
         E = self.num_envs
@@ -210,7 +224,7 @@ class WarpSimEnv:
         ``"episode_step"`` (E,) (steps of the finished or running episode), ``"action"`` (the
         executed, clipped action (E, h*dim)) and, with ``auto_reset``, ``"final_observation"``.
         """
-        if self._obs is None:
+        if not self._has_reset:
             raise RuntimeError("call reset() before step()")
         if self.closed:
             raise RuntimeError("the environment is closed")
@@ -223,8 +237,8 @@ class WarpSimEnv:
         if h:
             self._action_view[:, :h].copy_(a)
         nxt = 1 - self._cur
-        self.sim.step(self._states[self._cur], self.control, self._states[nxt], check=False)
-        prev_obs = self._obs
+        with self._stream():
+            self.sim.step(self._states[self._cur], self.control, self._states[nxt], check=False)
         self._cur = nxt
         x, v, _, _ = self.state_tensors()
         obs = self.task.observation(x, v)
@@ -232,7 +246,8 @@ class WarpSimEnv:
         any_div = bool(diverged.any())
         if any_div:
             self._roll_back(diverged)
-            obs = torch.where(diverged[:, None], prev_obs, obs)
+            x0, v0, _, _ = self._views[1 - nxt]  # the pre-step state, still in the other buffer
+            obs = torch.where(diverged[:, None], self.task.observation(x0, v0), obs)
         a_flat = a.reshape(self.num_envs, -1)
         p, xr, vp = self.task.split_observation(obs)
         rew = _reward(p, xr, vp, a_flat, self.task.weights)
@@ -241,17 +256,10 @@ class WarpSimEnv:
         truncated = (self.episode_step >= self.horizon) & ~diverged
         done = terminated | truncated
         info = {"diverged": diverged, "done": done, "episode_step": self.episode_step.clone(), "action": a_flat}
-        self._obs = obs
         if self.auto_reset:
             info["final_observation"] = obs
             if any_div or bool(truncated.any()):
-                mask = done.cpu().numpy()
-                new_obs, _ = self.reset(env_ids=mask)
-                obs = new_obs
-            else:
-                obs = obs.clone()
-        else:
-            obs = obs.clone()
+                obs, _ = self.reset(env_ids=done.cpu().numpy())
         return obs, rew, terminated, truncated, info
 
     def _roll_back(self, diverged: torch.Tensor) -> None:

@@ -1,0 +1,104 @@
+"""The training configuration and the pieces every algorithm shares.
+
+:class:`TrainConfig` is one flat dataclass (CleanRL style): ``train.py`` turns every field into a
+command-line flag and reads the same names from a TOML config file. :class:`Algorithm` owns the
+task, the policy, a :class:`~warpsim_rl.algos.rollout.Rollouts` of ``num_envs`` environments, the
+random generator of initial states and the optimiser, and knows how to save and restore all of
+it (for exact resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ..tasks import Task
+from .policy import MLPPolicy
+from .rollout import Rollouts
+
+__all__ = ["TrainConfig", "Algorithm"]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs. Units: actions in m/s; ``horizon`` in steps."""
+
+    env: str = "pendulum2d-stop"          #: registered task name
+    algo: str = "pods2"                   #: see warpsim_rl.algos.ALGORITHMS
+    num_envs: int = 256                   #: rollouts per epoch (PODS' k)
+    epochs: int = 30                      #: training epochs
+    device: str = "cpu"                   #: Warp/torch device
+    dtype: str = "float32"                #: simulation and network precision
+    seed: int = 0                         #: seeds initial states and network weights
+    out: str = ""                         #: output folder ("" = runs/<env>-<algo>-s<seed>)
+    horizon: int = 0                      #: rollout length (0 = the task's horizon)
+    hidden: tuple = (64, 64)              #: policy MLP widths
+    lr: float = 1e-3                      #: Adam learning rate (PODS regression, BPTT)
+    regression_steps: int = 50            #: PODS: Adam steps on Eq. 7 per epoch
+    regression_batch: int = 4096          #: PODS: minibatch of (state, action) pairs per Adam step
+    line_search: int = 6                  #: PODS: step sizes alpha = 1, 1/2, ..., tried in parallel
+    first_order_step: float = 0.5         #: PODS 1st order: largest change of a full step / limit
+    gn_damping: float = 1e-6              #: PODS 2nd order: Levenberg term added to H
+    chunk: int = 256                      #: PODS 2nd order: rollouts per Gauss-Newton batch
+    bptt_steps: int = 1                   #: BPTT: gradient steps per epoch
+    max_grad_norm: float = 1.0            #: BPTT: gradient-norm clip
+    eval_every: int = 5                   #: epochs between test-bed evaluations (0 = only at the end)
+    usd_envs: int = 16                    #: test-bed rollouts exported to USD at the end (0 = none)
+
+    def validate(self) -> None:
+        from . import ALGORITHMS
+        from ..tasks import task_names
+
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"algo = {self.algo!r}: unknown; valid algorithms: {sorted(ALGORITHMS)}")
+        if self.env not in task_names():
+            raise ValueError(f"env = {self.env!r}: unknown; valid environments: {task_names()}")
+        for name in ("num_envs", "epochs", "regression_steps", "regression_batch", "line_search", "chunk",
+                     "bptt_steps"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} = {val!r}: must be an integer >= 1")
+        for name in ("horizon", "eval_every", "usd_envs"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                raise ValueError(f"{name} = {val!r}: must be an integer >= 0")
+        for name in ("lr", "first_order_step", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be > 0")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype = {self.dtype!r}: must be 'float32' or 'float64'")
+
+
+class Algorithm:
+    """Base of the training algorithms: ``train_epoch() -> metrics``, ``state_dict()``,
+    ``load_state_dict()``; subclasses create ``self.optimizer``."""
+
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, task: Task, cfg: TrainConfig):
+        self.task, self.cfg = task, cfg
+        self.rollouts = Rollouts(task, cfg.num_envs, cfg.device, cfg.dtype)
+        self.device, self.dtype = self.rollouts.device, self.rollouts.dtype
+        torch.manual_seed(cfg.seed)
+        self.policy = MLPPolicy(task.obs_dim, task.action_dim, self.rollouts.limit, tuple(cfg.hidden)).to(
+            device=self.device, dtype=self.dtype)
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def train_epoch(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
