@@ -2,11 +2,14 @@
 
 Notation of ``bdf2.py``: the free positions ``x'`` solve ``R(x'; q) = grad Phi = 0`` with
 
-``R_f = m_f (x'_f - y_f) - beta m_f g + beta sum_s sigma_sf (G_s + Gd_s)``
+``R_f = m_f (x'_f - y_f) - beta m_f g + beta sum_s sigma_sf (G_s + Gd_s) + beta (Gc_f + Gf_f)``
 
-(``G_s = dU_s/dx'_i`` spring, ``Gd_s = c s u`` damping, ``sigma = +1`` at end ``i``, ``-1`` at ``j``)
-and ``q`` the step inputs: the previous state (through ``y``, ``x_hat`` and the damping
-direction ``u`` taken at ``x``), the handle positions ``x'_h = x_h + h clip(a)`` and velocities
+(``G_s = dU_s/dx'_i`` spring, ``Gd_s = c s u`` damping, ``sigma = +1`` at end ``i``, ``-1`` at ``j``;
+``Gc_f`` the contact-penalty gradient, a function of ``x'_f`` only, and ``Gf_f`` the lagged
+friction gradient ``mu lambda_0 phi(|v_T|) v_T``, ``v_T = T_0 kappa (x'_f - x_hat_f)``, see
+``contact.py``) and ``q`` the step inputs: the previous state (through ``y``, ``x_hat``, the
+damping direction ``u`` taken at ``x`` and the friction's normal force ``lambda_0`` and tangent
+projector ``T_0`` taken at ``x``), the handle positions ``x'_h = x_h + h clip(a)`` and velocities
 ``v'_h = clip(a)``, stiffness and mass. With the exact Hessian ``H = dR/dx'`` at the converged
 solution, ``dx'/dq = -H^-1 dR/dq``. The step outputs are ``x'``, ``v'_f = kappa (x'_f - x_hat_f)``,
 ``x_prev' = x``, ``v_prev' = v``, and the handle kinematics.
@@ -19,7 +22,8 @@ solution, ``dx'/dq = -H^-1 dR/dq``. The step outputs are ``x'``, ``v'_f = kappa 
   the Markov state ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (free particles' positions,
   velocities and BDF2 history, then handle positions; each block flattened particle-major).
   Handle velocities and handle history are not part of ``s``: they never influence later steps.
-  One factorisation and ``ns + na`` solves per env.
+  One factorisation and ``ns + na`` solves per env. ``has_lagged`` (damping or friction present)
+  enables the columns of the previous free positions ``x_f``/``x_prev_f`` beyond the inertial ones.
 
 The clip of the action has derivative 1 strictly inside the limits and 0 outside (and on an axis
 whose limit is 0). Both kernels set ``ok[e] = 0`` when the exact Hessian is not positive definite
@@ -32,6 +36,7 @@ from types import SimpleNamespace
 import warp as wp
 
 from .bdf2 import bdf2_kernels
+from .contact import contact_funcs
 from .elements import element_funcs
 from .linalg import band_funcs
 
@@ -39,6 +44,7 @@ from .linalg import band_funcs
 @functools.cache
 def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
     el = element_funcs(dtype, dim)
+    ct = contact_funcs(dtype, dim)
     la = band_funcs(dtype)
     bk = bdf2_kernels(dtype, dim)
     vec = el.vec
@@ -73,14 +79,47 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
                      v_out: wp.array2d(dtype=vec), mass: wp.array2d(dtype=dtype), free_index: wp.array(dtype=int),
                      spring_i: wp.array(dtype=int), spring_j: wp.array(dtype=int),
                      stiffness: wp.array2d(dtype=dtype), rest: wp.array2d(dtype=dtype),
-                     damping: wp.array(dtype=dtype), cable: wp.array(dtype=int), gravity: vec, h: dtype,
+                     damping: wp.array(dtype=dtype), cable: wp.array(dtype=int), geo_kind: wp.array(dtype=int),
+                     geo_a: wp.array(dtype=vec), geo_b: wp.array(dtype=vec), geo_r: wp.array(dtype=dtype),
+                     contact_k: wp.array2d(dtype=dtype), contact_mu: wp.array2d(dtype=dtype),
+                     contact_width: dtype, contact_eps_v: dtype, gravity: vec, h: dtype,
                      N: int, B: int, y_t: wp.array2d(dtype=dtype), x_hat: wp.array2d(dtype=dtype),
                      g: wp.array2d(dtype=dtype), H: wp.array2d(dtype=dtype)):
         """Exact (unprojected) Hessian at the converged step, factored in place; 1 on success."""
         bk.store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
         bk.assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j, stiffness,
-                    rest, damping, cable, gravity, h, N, B, 0, g, H)
+                    rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k, contact_mu, contact_width,
+                    contact_eps_v, gravity, h, N, B, 0, g, H)
         return la.band_cholesky(H, e, N, B)
+
+    @wp.func
+    def friction_partials(e: int, x0: vec, vel: vec, geo_kind: wp.array(dtype=int), geo_a: wp.array(dtype=vec),
+                          geo_b: wp.array(dtype=vec), geo_r: wp.array(dtype=dtype),
+                          contact_k: wp.array2d(dtype=dtype), contact_mu: wp.array2d(dtype=dtype),
+                          width: dtype, eps_v: dtype, kappa: dtype):
+        """Friction partials of one free particle, summed over the geometry: ``Kv = dGf/dx'``
+        (``= -dGf/dx_hat``) and ``J0 = dGf/dx`` through the lagged normal force and tangent plane
+        (``contact.py``); ``Gf`` is the friction part of the particle's residual (over beta)."""
+        Kv = mat()
+        J0 = mat()
+        half = dtype(0.5) * width
+        for k in range(geo_kind.shape[0]):
+            mu = contact_mu[e, k]
+            if mu > dtype(0.0):
+                d0, n0, C0 = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], x0)
+                if d0 < half:
+                    e0, lam0, e20 = ct.penalty(d0, contact_k[e, k], width)
+                    uf, gf, Kf = ct.friction_terms(vel, n0, mu * lam0, eps_v, kappa)
+                    Kv += Kf
+                    J0 += ct.friction_lag_jacobian(vel, n0, C0, mu, lam0, e20, eps_v)
+        return Kv, J0
+
+    @wp.func
+    def has_friction(contact_mu: wp.array2d(dtype=dtype), e: int):
+        for k in range(contact_mu.shape[1]):
+            if contact_mu[e, k] > dtype(0.0):
+                return 1
+        return 0
 
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_vjp(
@@ -100,6 +139,14 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
         rest: wp.array2d(dtype=dtype),
         damping: wp.array(dtype=dtype),
         cable: wp.array(dtype=int),
+        geo_kind: wp.array(dtype=int),
+        geo_a: wp.array(dtype=vec),
+        geo_b: wp.array(dtype=vec),
+        geo_r: wp.array(dtype=dtype),
+        contact_k: wp.array2d(dtype=dtype),
+        contact_mu: wp.array2d(dtype=dtype),
+        contact_width: dtype,
+        contact_eps_v: dtype,
         gravity: vec,
         h: dtype,
         N: int,
@@ -138,7 +185,8 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
         c13 = dtype(1.0) / dtype(3.0)
         c23h = dtype(2.0) * h / dtype(3.0)
         good = factor_exact(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
-                            stiffness, rest, damping, cable, gravity, h, N, B, y_t, x_hat, g, H)
+                            stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k, contact_mu,
+                            contact_width, contact_eps_v, gravity, h, N, B, y_t, x_hat, g, H)
         ok[e] = good
         if good == 0:
             return
@@ -219,6 +267,19 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
                 db = wp.transpose(P) * rd
                 adj_x_in[e, pi] = adj_x_in[e, pi] + db
                 adj_x_in[e, pj] = adj_x_in[e, pj] - db
+        # lagged friction: Gf(x', x_hat, x) with x_hat = 4/3 x - 1/3 xp (normal contact depends on x'
+        # only and has no input partials)
+        if has_friction(contact_mu, e) != 0:
+            for p in range(n):
+                f = free_index[p]
+                if f >= 0:
+                    vel = kappa * (x_out[e, p] - bk.get_vec(x_hat, e, f))
+                    Kv, J0 = friction_partials(e, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
+                                               contact_mu, contact_width, contact_eps_v, kappa)
+                    rd = -beta * bk.get_vec(lam, e, f)
+                    xhb = -(Kv * rd)  # (dGf/dx_hat)^T rd, Kv symmetric
+                    adj_x_in[e, p] = adj_x_in[e, p] + c43 * xhb + wp.transpose(J0) * rd
+                    adj_xp_in[e, p] = adj_xp_in[e, p] - c13 * xhb
         # handle kinematics x'_h = x_h + h clip(a), v'_h = clip(a)
         for kk in range(handle_particle.shape[0]):
             p = handle_particle[kk]
@@ -272,11 +333,19 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
         rest: wp.array2d(dtype=dtype),
         damping: wp.array(dtype=dtype),
         cable: wp.array(dtype=int),
+        geo_kind: wp.array(dtype=int),
+        geo_a: wp.array(dtype=vec),
+        geo_b: wp.array(dtype=vec),
+        geo_r: wp.array(dtype=dtype),
+        contact_k: wp.array2d(dtype=dtype),
+        contact_mu: wp.array2d(dtype=dtype),
+        contact_width: dtype,
+        contact_eps_v: dtype,
         gravity: vec,
         h: dtype,
         N: int,
         B: int,
-        has_damping: int,
+        has_lagged: int,
         x_out: wp.array2d(dtype=vec),
         v_out: wp.array2d(dtype=vec),
         H: wp.array2d(dtype=dtype),
@@ -299,11 +368,12 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
         for d in range(dim):
             one[d] = dtype(1.0)
         good = factor_exact(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
-                            stiffness, rest, damping, cable, gravity, h, N, B, y_t, x_hat, g, H)
+                            stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k, contact_mu,
+                            contact_width, contact_eps_v, gravity, h, N, B, y_t, x_hat, g, H)
         ok[e] = good
         if good == 0:
             return
-        # rows 0..N-1 first hold the non-inertial part of dR/dq (handle couplings, damping)
+        # rows 0..N-1 first hold the non-inertial part of dR/dq (handle couplings, damping, friction)
         for s in range(spring_i.shape[0]):
             pi = spring_i[s]
             pj = spring_j[s]
@@ -357,16 +427,26 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
                         # damping direction from the positions at the start of the step
                         add_jac_block(A, e, row, pos_column(N, fi, handle_index[pi]), P, sgn * one)
                         add_jac_block(A, e, row, pos_column(N, fj, handle_index[pj]), P, -sgn * one)
-        # dx'_f/dq = -H^-1 dR/dq for the non-zero columns of that part (without damping only the
-        # handle columns can be non-zero); the velocity rows follow from v'_f = kappa (x'_f - x_hat_f)
+        # lagged friction of the free particles: R_f += beta Gf(x', x_hat, x), x_hat = 4/3 x - 1/3 xp
+        if has_lagged != 0 and has_friction(contact_mu, e) != 0:
+            for p in range(free_index.shape[0]):
+                f = free_index[p]
+                if f >= 0:
+                    vel = kappa * (x_out[e, p] - bk.get_vec(x_hat, e, f))
+                    Kv, J0 = friction_partials(e, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
+                                               contact_mu, contact_width, contact_eps_v, kappa)
+                    add_jac_block(A, e, f * dim, f * dim, J0 - c43 * Kv, beta * one)
+                    add_jac_block(A, e, f * dim, 2 * N + f * dim, Kv, (beta * c13) * one)
+        # dx'_f/dq = -H^-1 dR/dq for the non-zero columns of that part (without damping or friction
+        # only the handle columns can be non-zero); the velocity rows follow from v'_f = kappa (x'_f - x_hat_f)
         col0 = 4 * N
-        if has_damping != 0:
+        if has_lagged != 0:
             col0 = 0
         for col in range(col0, ns):
             if solve_negated_column(H, e, N, B, A, col) != 0 and col >= 4 * N:
                 for i in range(N):
                     A[e, N + i, col] = kappa * A[e, i, col]
-        if has_damping != 0:
+        if has_lagged != 0:
             for col in range(na):
                 if solve_negated_column(H, e, N, B, Bm, col) != 0:
                     for i in range(N):
@@ -398,7 +478,7 @@ def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
                         x1 = (c23h * c43) * w
                         x2 = -c13 * w
                         x3 = -(c23h * c13) * w
-                        if has_damping != 0:
+                        if has_lagged != 0:
                             x0 += A[e, i, j]
                             x1 += A[e, i, N + j]
                             x2 += A[e, i, 2 * N + j]

@@ -7,12 +7,15 @@ Per environment (one thread), with step ``h``, free-particle positions ``x``:
   ``x_hat = 4/3 x - 1/3 x_prev`` and ``kappa = 3 / (2h)`` gives ``M (x' - y) = beta f(x', v')`` with
   ``y = x_hat + 2h/3 (4/3 v - 1/3 v_prev)`` and ``beta = 4 h^2 / 9``.
 * That is the stationarity condition of the incremental potential
-  ``Phi(x') = 1/2 (x'-y)^T M (x'-y) + beta [U(x') + D(x')]`` with ``U`` the spring and gravity
-  energy and ``D`` the damping dissipation potential (``elements.py``). Newton's method
+  ``Phi(x') = 1/2 (x'-y)^T M (x'-y) + beta [U(x') + D(x')]`` with ``U`` the spring, gravity and
+  contact-penalty energy and ``D`` the damping and friction dissipation potentials
+  (``elements.py``, ``contact.py``; contact acts on free particles only, against the model's
+  planes and boxes, with friction lagged at the start-of-step positions). Newton's method
   minimises ``Phi``: gradient ``g`` and (PSD-projected) Hessian ``H`` assembled into a banded
   matrix, per-thread banded Cholesky, backtracking (Armijo) line search on ``Phi``.
 * Convergence: ``max|dx| / h <= tol`` (m/s) for the Newton step ``dx`` (certified before the
-  solve when ``|g|_2 / (m_min h) <= tol``, since ``H >= M``), or — at the round-off
+  solve when ``|g|_2 / (m_min h) <= tol``, since ``H >= M``; ``H >= MASS_FLOOR M`` and
+  ``m_min`` scaled accordingly in scenes with boxes, see ``contact.py``), or — at the round-off
   floor of float32 — a step within ``STALL_FACTOR * tol`` that no longer halves (quadratic
   convergence always halves it). Status per env:
   ``STATUS_OK``, ``STATUS_MAX_ITERS``, ``STATUS_NONFINITE``, ``STATUS_NOT_PD``.
@@ -28,10 +31,27 @@ from types import SimpleNamespace
 
 import warp as wp
 
+from .contact import contact_funcs
 from .elements import element_funcs
 from .linalg import band_funcs
 
 STALL_FACTOR = 10.0
+# Newton matrix: contact curvature (a particle pressed onto a rounded box edge) may remove up to
+# 1 - MASS_FLOOR of each particle's inertia m / beta (contact.py), so that H >= MASS_FLOOR M
+MASS_FLOOR = 0.1
+# approximate-Armijo slope bound: a trial point whose Phi is within round-off of the start is
+# accepted only if the directional derivative there is at most APPROX_SLOPE * |initial slope|.
+# Hager & Zhang's 0.8 (delta = 0.1) let light particles (the 3.8 g cloth of cloth_table in float32,
+# where a 4 mm step changes Phi by less than its round-off) alternate between two iterates across
+# a kink of the Hessian (cable or friction switch) without end; 0.1 restricts acceptance to points
+# that have (nearly) not overshot the minimum along dx.
+APPROX_SLOPE = 0.1
+# curvature bound of the strong Wolfe conditions on the overshooting side: a trial point with
+# directional derivative above CURVATURE_C2 * |initial slope| is rejected even when Phi decreased.
+# Across a kink of the Hessian (a cable going taut, friction sticking) the Newton step can land on
+# the mirror image of its start (slope_t = -slope, Phi almost unchanged), which plain Armijo
+# accepts, and the next step jumps back: a 2-cycle that never converges.
+CURVATURE_C2 = 0.9
 STATUS_OK = 0
 STATUS_MAX_ITERS = 1
 STATUS_NONFINITE = 2
@@ -48,6 +68,7 @@ STATUS_NAMES = {
 def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
     """Step and diagnostic kernels for one scalar type and spatial dimension."""
     el = element_funcs(dtype, dim)
+    ct = contact_funcs(dtype, dim)
     la = band_funcs(dtype)
     vec = el.vec
     mat = el.mat
@@ -108,6 +129,44 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             g[f * dim + a, e] = g[f * dim + a, e] + v[a]
 
     @wp.func
+    def contact_particle(e: int, xq: vec, x0: vec, vel: vec, geo_kind: wp.array(dtype=int),
+                         geo_a: wp.array(dtype=vec), geo_b: wp.array(dtype=vec), geo_r: wp.array(dtype=dtype),
+                         contact_k: wp.array2d(dtype=dtype), contact_mu: wp.array2d(dtype=dtype),
+                         width: dtype, eps_v: dtype, kappa: dtype, project: int, cap: dtype):
+        """Contact energy + friction dissipation potential of one free particle at ``xq`` against
+        every geometry, with gradient and Hessian (``contact.py``); ``x0`` is its position at the
+        start of the step (lagged normal force and tangent plane), ``vel`` its BDF2 velocity.
+        ``cap`` (N/m): with ``project``, the negative curvature of all boxes together stays above
+        ``-cap`` (shared equally between the boxes)."""
+        u = dtype(0.0)
+        gr = vec()
+        K = mat()
+        half = dtype(0.5) * width
+        nbox = int(0)
+        for k in range(geo_kind.shape[0]):
+            if geo_kind[k] != 0:
+                nbox += 1
+        cap_each = cap / dtype(wp.max(nbox, 1))
+        for k in range(geo_kind.shape[0]):
+            kc = contact_k[e, k]
+            d, nrm, C = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], xq)
+            if d < half:
+                uc, gc, Kc = ct.normal_terms(d, nrm, C, kc, width, project, cap_each)
+                u += uc
+                gr += gc
+                K += Kc
+            mu = contact_mu[e, k]
+            if mu > dtype(0.0):
+                d0, n0, C0 = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], x0)
+                if d0 < half:
+                    e0, lam0, e20 = ct.penalty(d0, kc, width)
+                    uf, gf, Kf = ct.friction_terms(vel, n0, mu * lam0, eps_v, kappa)
+                    u += uf
+                    gr += gf
+                    K += Kf
+        return u, gr, K
+
+    @wp.func
     def assemble(
         e: int,
         xq: wp.array2d(dtype=vec),
@@ -123,6 +182,14 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         rest: wp.array2d(dtype=dtype),
         damping: wp.array(dtype=dtype),
         cable: wp.array(dtype=int),
+        geo_kind: wp.array(dtype=int),
+        geo_a: wp.array(dtype=vec),
+        geo_b: wp.array(dtype=vec),
+        geo_r: wp.array(dtype=dtype),
+        contact_k: wp.array2d(dtype=dtype),
+        contact_mu: wp.array2d(dtype=dtype),
+        contact_width: dtype,
+        contact_eps_v: dtype,
         gravity: vec,
         h: dtype,
         N: int,
@@ -136,7 +203,10 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         writes its gradient into ``g`` and its
         Hessian into the band ``H`` (both (re)initialised here). ``y_t``/``x_hat`` (N, E) hold the
         step's inertial target and ``x_hat`` (:func:`store_targets`); ``x_in`` the positions at
-        the start of the step (damping direction); ``v_handle`` the handle velocities."""
+        the start of the step (damping direction, lagged friction); ``v_handle`` the handle
+        velocities. Geometry ``geo_*`` (G,), per-env contact stiffness/friction ``contact_k``/
+        ``contact_mu`` (E, G), smoothing width and friction velocity ``contact_width``/
+        ``contact_eps_v`` (``contact.py``)."""
         beta = dtype(4.0) * h * h / dtype(9.0)
         kappa = dtype(1.5) / h
         for i in range(N):
@@ -190,6 +260,19 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                 add_block(H, e, B, fj, fj, K, beta)
             if fi >= 0 and fj >= 0:
                 add_block(H, e, B, fi, fj, K, -beta)
+        if geo_kind.shape[0] > 0:
+            for p in range(n):
+                f = free_index[p]
+                if f >= 0:
+                    xp = xq[e, p]
+                    vel = kappa * (xp - get_vec(x_hat, e, f))
+                    cap = dtype(1.0 - MASS_FLOOR) * mass[e, p] / beta
+                    u, gr, K = contact_particle(e, xp, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
+                                                contact_mu, contact_width, contact_eps_v, kappa, project, cap)
+                    phi += beta * u
+                    scale += beta * wp.length(gr) * wp.length(xp)
+                    add_vec(g, e, f, beta * gr)
+                    add_block(H, e, B, f, f, K, beta)
         return phi, scale
 
     @wp.func
@@ -221,6 +304,14 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         rest: wp.array2d(dtype=dtype),
         damping: wp.array(dtype=dtype),
         cable: wp.array(dtype=int),
+        geo_kind: wp.array(dtype=int),
+        geo_a: wp.array(dtype=vec),
+        geo_b: wp.array(dtype=vec),
+        geo_r: wp.array(dtype=dtype),
+        contact_k: wp.array2d(dtype=dtype),
+        contact_mu: wp.array2d(dtype=dtype),
+        contact_width: dtype,
+        contact_eps_v: dtype,
         gravity: vec,
         h: dtype,
         N: int,
@@ -269,17 +360,23 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             if f >= 0:
                 x_out[e, p] = get_vec(y_t, e, f)
         phi, phi_scale = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j,
-                                  stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
+                                  stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k,
+                                  contact_mu, contact_width, contact_eps_v, gravity, h, N, B, 1, g, H)
         st = STATUS_MAX_ITERS
         it = int(0)
         res = dtype(0.0)
         prev_res = dtype(1.0e30)
-        # smallest mass: the projected Newton matrix satisfies H >= M, so the Newton step obeys
-        # max|dx| <= |g|_2 / m_min and a small gradient certifies convergence without a solve
+        # smallest mass: the projected Newton matrix satisfies H >= M (H >= MASS_FLOOR M with box
+        # contact), so the Newton step obeys max|dx| <= |g|_2 / m_min and a small gradient
+        # certifies convergence without a solve
         m_min = dtype(1.0e30)
         for p in range(n):
             if free_index[p] >= 0:
                 m_min = wp.min(m_min, mass[e, p])
+        for k in range(geo_kind.shape[0]):
+            if geo_kind[k] != 0:
+                m_min = dtype(MASS_FLOOR) * m_min
+                break
         while it < max_iters:
             if not wp.isfinite(phi):
                 st = STATUS_NONFINITE
@@ -320,20 +417,24 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                 set_iterate(e, free_index, base, dx, dtype(1.0), x_out)
                 st = STATUS_OK
                 break
-            # backtracking line search on Phi: Armijo, or Hager-Zhang's approximate Armijo
-            # (Phi within round-off of the start and the slope along dx not turned positive),
-            # which keeps float32 from stalling where Phi differences drown in round-off
+            # backtracking line search on Phi: Armijo (with the overshoot bound CURVATURE_C2),
+            # or Hager-Zhang's approximate Armijo
+            # (Phi within round-off of the start and the slope along dx not turned positive
+            # beyond APPROX_SLOPE times the initial one), which keeps float32 from stalling where
+            # Phi differences drown in round-off
             alpha = dtype(1.0)
             noise = dtype(NOISE) * phi_scale
             for ls in range(ls_max + 1):
                 set_iterate(e, free_index, base, dx, alpha, x_out)
                 phi_t, scale_t = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
-                                          spring_j, stiffness, rest, damping, cable, gravity, h, N, B, 1, g, H)
+                                          spring_j, stiffness, rest, damping, cable, geo_kind, geo_a, geo_b,
+                                          geo_r, contact_k, contact_mu, contact_width, contact_eps_v, gravity,
+                                          h, N, B, 1, g, H)
                 slope_t = dtype(0.0)
                 for i in range(N):
                     slope_t += g[i, e] * dx[i, e]
-                armijo = phi_t <= phi + dtype(1.0e-4) * alpha * slope
-                approx = phi_t <= phi + noise and slope_t <= dtype(-0.8) * slope
+                armijo = phi_t <= phi + dtype(1.0e-4) * alpha * slope and slope_t <= dtype(-CURVATURE_C2) * slope
+                approx = phi_t <= phi + noise and slope_t <= dtype(-APPROX_SLOPE) * slope
                 if armijo or approx or ls == ls_max:
                     phi = phi_t
                     phi_scale = scale_t
@@ -369,6 +470,14 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         rest: wp.array2d(dtype=dtype),
         damping: wp.array(dtype=dtype),
         cable: wp.array(dtype=int),
+        geo_kind: wp.array(dtype=int),
+        geo_a: wp.array(dtype=vec),
+        geo_b: wp.array(dtype=vec),
+        geo_r: wp.array(dtype=dtype),
+        contact_k: wp.array2d(dtype=dtype),
+        contact_mu: wp.array2d(dtype=dtype),
+        contact_width: dtype,
+        contact_eps_v: dtype,
         gravity: vec,
         h: dtype,
         N: int,
@@ -385,9 +494,10 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         e = wp.tid()
         store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
         value, scale = assemble(e, xq, x_in, y_t, x_hat, v_handle, mass, free_index, spring_i, spring_j,
-                                stiffness, rest, damping, cable, gravity, h, N, B, project, g, H)
+                                stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k,
+                                contact_mu, contact_width, contact_eps_v, gravity, h, N, B, project, g, H)
         phi[e] = value
 
     return SimpleNamespace(vec=vec, mat=mat, bdf2_step=bdf2_step, potential=potential, assemble=assemble,
                            inertial_target=inertial_target, add_block=add_block, add_vec=add_vec,
-                           get_vec=get_vec, store_targets=store_targets)
+                           get_vec=get_vec, store_targets=store_targets, contact_particle=contact_particle)

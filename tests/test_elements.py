@@ -291,7 +291,7 @@ def potential_eval(model, xq, x_in, v_in, xp_in, vp_in, v_handle, project):
     phi = wp.zeros(E, dtype=F64, device=d)
     wp.launch(K.potential, dim=E, device=d, inputs=[
         arr(xq), arr(x_in), arr(v_in), arr(xp_in), arr(vp_in), arr(v_handle), m.mass, m.free_index,
-        m.spring_i, m.spring_j, m.stiffness, m.rest_length, m.damping, m.is_cable, m.gravity,
+        m.spring_i, m.spring_j, m.stiffness, m.rest_length, m.damping, m.is_cable, *m.contact_args(), m.gravity,
         F64(m.dt), N, B, int(project), y_t, x_hat, g, H, phi])
     return phi.numpy(), g.numpy().T.copy(), H.numpy(), y_t.numpy().T.copy()
 

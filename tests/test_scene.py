@@ -10,7 +10,8 @@ import warp as wp
 from warpsim_rl import Scene, SceneBuilder, Simulator, load_scene, scene_names
 from warpsim_rl.model import band_width
 
-SHIPPED = ["cable_payload2d", "double_pendulum3d", "pendulum2d", "pendulum3d", "rope3d"]
+SHIPPED = ["cable_payload2d", "cloth_table", "double_pendulum3d", "pendulum2d", "pendulum3d", "rope3d",
+           "wall_pendulum2d"]
 
 
 def assert_scenes_identical(a: Scene, b: Scene):

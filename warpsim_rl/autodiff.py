@@ -18,6 +18,8 @@ or whose exact Hessian is not positive definite at the solution, raises :class:`
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import warp as wp
@@ -64,8 +66,8 @@ class Differentiator:
             self.kernels.bdf2_vjp, dim=m.num_envs,
             inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_particle,
                     m.velocity_limit, m.spring_i, m.spring_j, m.stiffness if stiffness is None else stiffness,
-                    m.rest_length, m.damping, m.is_cable, m.gravity, m.dtype(m.dt), m.num_dofs, m.band,
-                    arrays_out[0], arrays_out[1], *adj_out, self._H, self._g, self._lam, self._y, self._xhat,
+                    m.rest_length, m.damping, m.is_cable, *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs,
+                    m.band, arrays_out[0], arrays_out[1], *adj_out, self._H, self._g, self._lam, self._y, self._xhat,
                     self._adj_xh, self._adj_vh],
             outputs=[*adj_in, adj_action, adj_stiffness, adj_mass, self.ok],
             device=m.device,
@@ -83,7 +85,8 @@ class Differentiator:
             inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_index,
                     m.handle_particle, m.velocity_limit, m.spring_i, m.spring_j,
                     m.stiffness if stiffness is None else stiffness, m.rest_length, m.damping, m.is_cable,
-                    m.gravity, m.dtype(m.dt), m.num_dofs, m.band, m.has_damping, arrays_out[0], arrays_out[1],
+                    *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs, m.band,
+                    int(m.has_damping or m.has_friction), arrays_out[0], arrays_out[1],
                     self._H, self._g, self._y, self._xhat],
             outputs=[A, B, self.ok],
             device=m.device,
@@ -161,8 +164,9 @@ class _StepFunction(torch.autograd.Function):
         wa = tsim._wp(action)
         wk = wp.from_torch(stiffness, requires_grad=False) if stiffness is not None else None
         wm = wp.from_torch(mass, requires_grad=False) if mass is not None else None
-        tsim.sim.launch(wins, wa, wouts, stiffness=wk, mass=wm, cache=False)
-        status = wp.clone(tsim.sim.status)
+        with tsim.stream_scope():
+            tsim.sim.launch(wins, wa, wouts, stiffness=wk, mass=wm, cache=False)
+            status = wp.clone(tsim.sim.status)
         if tsim.check:
             tsim.sim.check(last_step_only=True)
         ctx.tsim = tsim
@@ -186,10 +190,12 @@ class _StepFunction(torch.autograd.Function):
         g_k = torch.zeros((model.num_envs, model.num_springs), dtype=x.dtype, device=x.device)
         g_m = torch.zeros((model.num_envs, model.num_particles), dtype=x.dtype, device=x.device)
         d = tsim.diff
-        d.vjp([tsim._wp(t) for t in (x, v, xp, vp)], tsim._wp(action), [tsim._wp(x1), tsim._wp(v1)],
-              [tsim._wp(g) for g in grads_out], [tsim._wp(g) for g in grads_in], tsim._wp(g_action),
-              wp.from_torch(g_k, requires_grad=False), wp.from_torch(g_m, requires_grad=False),
-              stiffness=wp.from_torch(k, requires_grad=False) if ctx.has_k else None, mass=wp.from_torch(mass, requires_grad=False) if ctx.has_m else None)
+        with tsim.stream_scope():
+            d.vjp([tsim._wp(t) for t in (x, v, xp, vp)], tsim._wp(action), [tsim._wp(x1), tsim._wp(v1)],
+                  [tsim._wp(g) for g in grads_out], [tsim._wp(g) for g in grads_in], tsim._wp(g_action),
+                  wp.from_torch(g_k, requires_grad=False), wp.from_torch(g_m, requires_grad=False),
+                  stiffness=wp.from_torch(k, requires_grad=False) if ctx.has_k else None,
+                  mass=wp.from_torch(mass, requires_grad=False) if ctx.has_m else None)
         d.check_ok("backward")
         return (None, *grads_in, g_action, g_k if ctx.has_k else None, g_m if ctx.has_m else None)
 
@@ -211,6 +217,13 @@ class TorchSimulator:
         self.check = check
         self.torch_device = torch.device(wp.device_to_torch(model.device))
         self.torch_dtype = torch.float32 if model.dtype == wp.float32 else torch.float64
+
+    def stream_scope(self):
+        """Run Warp launches on torch's current CUDA stream (a no-op on the CPU), so kernels and
+        torch ops on the same tensors stay ordered."""
+        if self.model.device.is_cuda:
+            return wp.ScopedStream(wp.stream_from_torch(self.torch_device))
+        return contextlib.nullcontext()
 
     def _wp(self, t: torch.Tensor) -> wp.array:
         return wp.from_torch(t, dtype=self.model.vec, requires_grad=False)
@@ -283,10 +296,13 @@ class TorchSimulator:
             nxt = self.step(x, v, x_prev, v_prev, action, stiffness, mass, validate=validate)
         A = torch.empty((m.num_envs, m.num_state, m.num_state), dtype=self.torch_dtype, device=self.torch_device)
         B = torch.empty((m.num_envs, m.num_state, m.num_actions), dtype=self.torch_dtype, device=self.torch_device)
-        self.diff.jacobians([self._wp(t.contiguous()) for t in (x, v, x_prev, v_prev)], self._wp(action.contiguous()),
-                            [self._wp(nxt[0]), self._wp(nxt[1])], wp.from_torch(A, requires_grad=False), wp.from_torch(B, requires_grad=False),
-                            stiffness=wp.from_torch(stiffness, requires_grad=False) if stiffness is not None else None,
-                            mass=wp.from_torch(mass, requires_grad=False) if mass is not None else None)
+        with self.stream_scope():
+            self.diff.jacobians(
+                [self._wp(t.contiguous()) for t in (x, v, x_prev, v_prev)], self._wp(action.contiguous()),
+                [self._wp(nxt[0]), self._wp(nxt[1])], wp.from_torch(A, requires_grad=False),
+                wp.from_torch(B, requires_grad=False),
+                stiffness=wp.from_torch(stiffness, requires_grad=False) if stiffness is not None else None,
+                mass=wp.from_torch(mass, requires_grad=False) if mass is not None else None)
         if self.check:
             self.diff.check_ok("jacobians")
         return nxt, A, B

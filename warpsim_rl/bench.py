@@ -4,7 +4,11 @@ Subcommands:
     throughput  env-steps/s of the batched BDF2 step for one scene (random actions within the
                 handle limits), with Newton iteration statistics.
     gradients   cost of the reverse pass and of all per-step Jacobians of a rollout.
+    envs        env-steps/s of the torch environment for every registered task.
+    compare     train several algorithms over seeds at equal epochs; test-bed learning curves.
     scaling     throughput of ``rope3d`` as its particle count grows.
+    estimators  bias/variance of the ZoBG/FoBG/AoBG gradient estimators; the wall strike
+                (``warpsim_rl.bench_estimators``).
 
 Timings exclude kernel compilation (one warm-up step) and synchronise the device before the
 clock stops. The CPU backend of Warp runs kernels on one core.
@@ -217,6 +221,64 @@ def gradients(scene: str, envs: int, steps: int = 50, device=None, dtype="float3
     }
 
 
+def compare(env: str, algos: list[str], seeds: list[int], epochs: int, num_envs: int, out: str,
+            eval_every: int = 5, device="cpu", dtype="float32", png: str | None = None) -> dict:
+    """Train every algorithm with every seed at equal epochs (``train.py`` runs under ``out``) and
+    collect the test-bed learning curves and final results (PODS Fig. 3 / Table 1 style)."""
+    from .algos import TrainConfig
+    from .training import train
+
+    runs = []
+    for algo in algos:
+        for seed in seeds:
+            cfg = TrainConfig(env=env, algo=algo, seed=seed, epochs=epochs, num_envs=num_envs,
+                              eval_every=eval_every, device=device, dtype=dtype, usd_envs=0,
+                              out=f"{out}/{env}-{algo}-s{seed}")
+            res = train(cfg, progress=False)
+            import csv
+
+            with open(f"{cfg.out}/metrics.csv") as f:
+                curve = [(int(r["epoch"]), float(r["eval/reward"])) for r in csv.DictReader(f) if r.get("eval/reward")]
+            runs.append({"algo": algo, "seed": seed, "results": res, "curve": curve})
+    summary = {}
+    for algo in algos:
+        final = np.array([r["results"]["reward"] for r in runs if r["algo"] == algo])
+        summary[algo] = {"final_reward_mean": float(final.mean()), "final_reward_std": float(final.std()),
+                         "final_reward_per_seed": final.tolist(),
+                         "train_time_s_mean": float(np.mean([r["results"]["train_time_s"] for r in runs
+                                                             if r["algo"] == algo]))}
+        for key in ("terminal_kinetic_energy", "distance_to_target", "action_magnitude"):
+            summary[algo][key + "_mean"] = float(np.mean([r["results"][key] for r in runs if r["algo"] == algo]))
+    if png:
+        _plot_compare(env, algos, runs, png)
+    return {"benchmark": "compare", "env": env, "epochs": epochs, "num_envs": num_envs, "seeds": seeds,
+            "device": device, "dtype": dtype, "summary": summary, "runs": runs}
+
+
+def _plot_compare(env, algos, runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for algo in algos:
+        curves = [r["curve"] for r in runs if r["algo"] == algo]
+        ep = [e for e, _ in curves[0]]
+        vals = np.array([[v for _, v in c] for c in curves])
+        m, s = vals.mean(0), vals.std(0)
+        ax.plot(ep, m, marker="o", label=f"{algo} ({len(curves)} seeds)")
+        ax.fill_between(ep, m - s, m + s, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test-bed reward (1000 initial states)")
+    ax.set_title(env)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def scaling(envs: int, particles: list[int], steps: int, device=None, dtype="float32") -> dict:
     rows = [throughput("rope3d", envs, steps, device, dtype, scene_params={"num_particles": n}) for n in particles]
     return {"benchmark": "scaling", "scene": "rope3d", "envs": envs, "rows": rows}
@@ -244,6 +306,26 @@ def main(argv=None) -> int:
     gr.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     gr.add_argument("--repeats", type=int, default=3)
     gr.add_argument("--json", action="store_true")
+    cp = sub.add_parser("compare", help="train algorithms over seeds at equal epochs (PODS Fig. 3)")
+    cp.add_argument("--env", default="pendulum2d-stop")
+    cp.add_argument("--algos", nargs="+", default=["pods2", "bptt", "pods1"])
+    cp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    cp.add_argument("--epochs", type=int, default=30)
+    cp.add_argument("--num-envs", type=int, default=256)
+    cp.add_argument("--eval-every", type=int, default=5)
+    cp.add_argument("--out", default="runs/compare")
+    cp.add_argument("--png", default=None, help="learning-curve figure")
+    cp.add_argument("--device", default="cpu")
+    cp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    cp.add_argument("--json", action="store_true")
+    en = sub.add_parser("envs", help="env-steps/s of the torch env for every registered task")
+    en.add_argument("--envs", type=int, default=4096)
+    en.add_argument("--steps", type=int, default=100)
+    en.add_argument("--device", default="cpu")
+    en.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    en.add_argument("--repeats", type=int, default=3)
+    en.add_argument("--task", action="append", default=None, help="task name (repeatable; default: all)")
+    en.add_argument("--json", action="store_true")
     s = sub.add_parser("scaling", help="rope3d throughput vs particle count")
     s.add_argument("--envs", type=int, default=1024)
     s.add_argument("--particles", type=int, nargs="+", default=[5, 10, 20, 40])
@@ -251,6 +333,9 @@ def main(argv=None) -> int:
     s.add_argument("--device", default="cpu")
     s.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     s.add_argument("--json", action="store_true")
+    from . import bench_estimators
+
+    bench_estimators.add_arguments(sub.add_parser("estimators", help="gradient-estimator bias/variance study"))
     args = p.parse_args(argv)
     if args.cmd == "throughput":
         params = {}
@@ -259,6 +344,15 @@ def main(argv=None) -> int:
             params[k] = json.loads(v)
         out = throughput(args.scene, args.envs, args.steps, args.device, args.dtype, scene_params=params,
                          repeats=args.repeats)
+    elif args.cmd == "compare":
+        out = compare(args.env, args.algos, args.seeds, args.epochs, args.num_envs, args.out, args.eval_every,
+                      args.device, args.dtype, args.png)
+    elif args.cmd == "envs":
+        from .envs.bench_envs import bench_envs
+
+        out = bench_envs(args.envs, args.steps, args.device, args.dtype, args.task, args.repeats)
+    elif args.cmd == "estimators":
+        out = bench_estimators.from_args(args)
     elif args.cmd == "gradients":
         out = gradients(args.scene, args.envs, args.steps, args.device, args.dtype, repeats=args.repeats)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import warp as wp
 
+from .kernels.contact import GEOM_BOX, GEOM_PLANE
 from .scene import Scene, SceneError
 from .util import resolve_device, resolve_dtype, wp_vec_type
 
@@ -46,6 +47,12 @@ class Model:
         spring_i, spring_j: (m,) int32 end particles.
         stiffness: (E, m) N/m, per environment. rest_length: (E, m) m, per environment.
         damping: (m,) N·s/m. has_damping: 1 if any spring is damped. is_cable: (m,) int32 (1 = tension only).
+        num_geometries: ``G``, planes then boxes (contact obstacles, ``kernels/contact.py``).
+        geo_kind: (G,) int32, 0 = plane, 1 = box. geo_a: (G,) vec, plane normal / box centre.
+        geo_b: (G,) vec, box half extents (0 for planes). geo_r: (G,) plane offset / box edge radius.
+        contact_stiffness: (E, G) N/m, per environment. friction: (E, G) Coulomb coefficients, per
+        environment. contact_width: smoothing width (m). contact_eps_v: friction smoothing
+        velocity (m/s). has_friction: 1 if any geometry has friction > 0 (in any env).
         max_iters, tol, line_search_max: Newton settings (tol in m/s).
     """
 
@@ -96,6 +103,38 @@ class Model:
         self.damping = wp.array(scene.damping.astype(self.np_dtype), dtype=self.dtype, device=d)
         self.has_damping = int(np.any(scene.damping > 0))
         self.is_cable = wp.array(scene.is_cable.astype(np.int32), dtype=wp.int32, device=d)
+        # contact geometry: planes, then boxes
+        cs = scene.contact
+        G = len(scene.planes) + len(scene.boxes)
+        self.num_geometries = G
+        kind = np.array([GEOM_PLANE] * len(scene.planes) + [GEOM_BOX] * len(scene.boxes), dtype=np.int32)
+        ga = np.zeros((G, self.dim))
+        gb = np.zeros((G, self.dim))
+        gr = np.zeros(G)
+        gk = np.zeros(G)
+        gmu = np.zeros(G)
+        for i, geo in enumerate(list(scene.planes) + list(scene.boxes)):
+            if i < len(scene.planes):
+                ga[i], gr[i] = geo.normal, geo.offset
+            else:
+                ga[i], gb[i], gr[i] = geo.center, geo.half_extents, geo.radius
+            gk[i] = cs.stiffness if geo.stiffness is None else geo.stiffness
+            gmu[i] = cs.friction if geo.friction is None else geo.friction
+        for field, vals, pos in (("geometry", np.concatenate([ga.ravel(), gb.ravel(), gr]), False),
+                                 ("contact.stiffness", gk, True),
+                                 ("contact.width", np.array([cs.width]), False),
+                                 ("contact.eps_v", np.array([cs.eps_v]), True)):
+            _check_cast(vals, self.np_dtype, field, positive=pos)
+        self.geo_kind = wp.array(kind, dtype=wp.int32, device=d)
+        self.geo_a = wp.array(ga.astype(self.np_dtype), dtype=self.vec, device=d)
+        self.geo_b = wp.array(gb.astype(self.np_dtype), dtype=self.vec, device=d)
+        self.geo_r = wp.array(gr.astype(self.np_dtype), dtype=self.dtype, device=d)
+        self.contact_stiffness = wp.array(np.tile(gk.astype(self.np_dtype), (E, 1)).reshape(E, G), dtype=self.dtype,
+                                          device=d)
+        self.friction = wp.array(np.tile(gmu.astype(self.np_dtype), (E, 1)).reshape(E, G), dtype=self.dtype, device=d)
+        self.contact_width = float(cs.width)
+        self.contact_eps_v = float(cs.eps_v)
+        self.has_friction = int(np.any(gmu > 0))
 
     # -- per-environment parameters ------------------------------------------------------------
     def enable_parameter_grads(self) -> None:
@@ -107,6 +146,28 @@ class Model:
     def set_stiffness(self, values) -> None:
         """Per-env stiffness: array-like broadcastable to (E, m), N/m, all > 0."""
         self._set_param("stiffness", self.stiffness, values, (self.num_envs, self.num_springs), positive=True)
+
+    def set_contact_stiffness(self, values) -> None:
+        """Per-env penalty stiffness of every geometry (planes, then boxes): broadcastable to
+        (E, G), N/m, all > 0 (e.g. a sweep of wall stiffness across environments)."""
+        self._set_param("contact.stiffness", self.contact_stiffness, values, (self.num_envs, self.num_geometries),
+                        positive=True)
+
+    def set_friction(self, values) -> None:
+        """Per-env Coulomb coefficients of every geometry: broadcastable to (E, G), all >= 0."""
+        shape = (self.num_envs, self.num_geometries)
+        vals = _broadcast_param(values, shape, "friction")
+        bad = np.argwhere(~(vals >= 0))
+        if bad.size:
+            e, k = bad[0]
+            raise SceneError(f"friction[{e}, {k}] = {float(vals[e, k])!r}: must be >= 0")
+        self._set_param("friction", self.friction, vals, shape, positive=False)
+        self.has_friction = int(np.any(vals > 0))
+
+    def contact_args(self) -> list:
+        """The contact arguments of the step and derivative kernels, in their order."""
+        return [self.geo_kind, self.geo_a, self.geo_b, self.geo_r, self.contact_stiffness, self.friction,
+                self.dtype(self.contact_width), self.dtype(self.contact_eps_v)]
 
     def set_masses(self, values) -> None:
         """Per-env masses of all particles: broadcastable to (E, n), kg; free particles > 0."""

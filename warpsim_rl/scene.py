@@ -26,6 +26,7 @@ __all__ = [
     "Scene",
     "Plane",
     "Box",
+    "ContactSettings",
     "SolverSettings",
     "load_scene",
     "scene_names",
@@ -41,18 +42,52 @@ class SceneError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Plane:
-    """Half-space boundary ``{x : normal·x >= offset}`` (geometry only until contact lands)."""
+    """Static half-space obstacle: free space is ``{x : normal·x >= offset}`` (unit ``normal``).
+
+    ``stiffness`` (N/m) and ``friction`` (Coulomb coefficient) override the scene's
+    :class:`ContactSettings` for this plane when not ``None``."""
 
     normal: tuple[float, ...]
     offset: float
+    stiffness: float | None = None
+    friction: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Box:
-    """Axis-aligned box (e.g. a table): ``center`` and ``half_extents`` in m."""
+    """Static axis-aligned box obstacle (e.g. a table): ``center`` and ``half_extents`` in m;
+    ``radius`` (m, ``0 <= radius < min(half_extents)``) rounds its edges and corners (the box is
+    the inner box of half extents ``half_extents - radius`` grown by ``radius``), which makes
+    contact smooth where a particle slides over an edge. ``stiffness``/``friction`` override the
+    scene's :class:`ContactSettings` when not ``None``."""
 
     center: tuple[float, ...]
     half_extents: tuple[float, ...]
+    radius: float = 0.0
+    stiffness: float | None = None
+    friction: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactSettings:
+    """Contact between free particles and the scene's planes and boxes (``docs/contact.md``).
+
+    Attributes:
+        stiffness: penalty stiffness ``k`` in N/m (default for every plane and box). A particle of
+            mass ``m`` resting on a surface penetrates ``m g / k`` (or less than ``width / 2``).
+        width: smoothing width ``w`` in m of the penalty (>= 0): the normal force ramps up
+            smoothly (C1) from 0 at distance ``w / 2`` above the surface to ``k w / 2`` at
+            ``w / 2`` below it, then grows linearly; 0 gives a plain quadratic penalty (its
+            Hessian jumps at the surface).
+        friction: Coulomb coefficient ``mu`` >= 0 (default for every plane and box; 0: frictionless).
+        eps_v: friction smoothing velocity in m/s (> 0): below it the friction force ramps from 0
+            to ``mu lambda`` (IPC's mollifier), so "sticking" creeps at a speed below ``eps_v``.
+    """
+
+    stiffness: float = 1.0e4
+    width: float = 1.0e-3
+    friction: float = 0.0
+    eps_v: float = 1.0e-2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +128,8 @@ class Scene:
         is_cable: (m,) bool — tension-only springs.
         handles: (h,) int32 particle index of each handle, in action order.
         velocity_limit: (h, dim) per-axis commanded-speed limit in m/s (0 locks an axis).
-        planes, boxes: geometry.
+        planes, boxes: static obstacles (contact with the free particles).
+        contact: :class:`ContactSettings` (penalty stiffness, smoothing width, friction).
         solver: Newton settings.
         parameters: the parameters the scene was generated with (for procedural scenes).
     """
@@ -116,6 +152,7 @@ class Scene:
     velocity_limit: np.ndarray
     planes: tuple[Plane, ...] = ()
     boxes: tuple[Box, ...] = ()
+    contact: ContactSettings = ContactSettings()
     solver: SolverSettings = SolverSettings()
     parameters: dict = dataclasses.field(default_factory=dict)
 
@@ -211,6 +248,7 @@ class SceneBuilder:
         self._cable: list[bool] = []
         self._planes: list[Plane] = []
         self._boxes: list[Box] = []
+        self.contact = ContactSettings()
         self.solver = SolverSettings()
         self.parameters: dict = {}
 
@@ -326,22 +364,188 @@ class SceneBuilder:
             prev = p
         return new
 
+    def add_grid(self, origin, rows: int, cols: int, col_step, row_step, mass: float, stiffness: float,
+                 shear_stiffness: float | None = None, bend_stiffness: float = 0.0, damping: float = 0.0,
+                 kind: str = "bilateral", handles=(), handle_names=None, velocity_limit=None,
+                 anchor: str = "first", spacing: float | None = None, name: str = "grid") -> np.ndarray:
+        """A rectangular ``rows x cols`` grid of particles (a cloth), returned as the (rows, cols)
+        array of particle indices.
+
+        Particle ``(r, c)`` sits at ``origin + c col_step + r row_step`` (``anchor="first"``:
+        ``origin`` is particle (0, 0)) or at ``origin + (c - (cols - 1) / 2) col_step + r row_step``
+        (``anchor="row0_center"``: ``origin`` is the middle of row 0). Particles are created row by
+        row (natural grid order, so the Newton matrix has a half-bandwidth of about
+        ``(cols + 1) dim``: make ``cols`` the shorter side) and named ``f"{name}_{r}_{c}"``.
+        With ``spacing`` (m), ``col_step`` and ``row_step`` are directions only: they are
+        normalised and scaled to that length.
+
+        ``handles`` lists ``(r, c)`` grid positions (negative indices count from the end) that are
+        kinematic handles with per-axis ``velocity_limit`` (m/s) and optional ``handle_names`` (in
+        the order of ``handles``); like all handles they enter the action in particle order.
+        ``mass`` is the total mass in kg of the free particles, shared equally.
+        Springs (``kind``, ``damping`` for all): structural ones between grid neighbours
+        (``stiffness``), shear ones along both diagonals of every cell (``shear_stiffness``,
+        default ``stiffness``; 0 leaves them out) and, when ``bend_stiffness > 0``, bending ones
+        between second neighbours along rows and columns. Springs between two handles are left out.
+        """
+        field = f"grids.{name}"
+        is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
+        for key, val in (("rows", rows), ("cols", cols)):
+            if not is_int(val) or val < 1:
+                raise SceneError(f"{field}.{key} = {val!r}: must be an integer >= 1")
+        if rows * cols < 2:
+            raise SceneError(f"{field}: rows = {rows!r}, cols = {cols!r}: a grid needs at least 2 particles")
+        o = np.asarray(_vec(origin, self.dim, f"{field}.origin"))
+        cs = np.asarray(_vec(col_step, self.dim, f"{field}.col_step"))
+        rs = np.asarray(_vec(row_step, self.dim, f"{field}.row_step"))
+        if cols > 1 and np.linalg.norm(cs) < 1e-9:
+            raise SceneError(f"{field}.col_step = {list(cs)}: must be non-zero")
+        if rows > 1 and np.linalg.norm(rs) < 1e-9:
+            raise SceneError(f"{field}.row_step = {list(rs)}: must be non-zero")
+        if spacing is not None:
+            sp = _number(spacing, f"{field}.spacing")
+            if sp <= 0.0:
+                raise SceneError(f"{field}.spacing = {spacing!r}: must be > 0")
+            cs = sp * cs / max(float(np.linalg.norm(cs)), 1e-300)
+            rs = sp * rs / max(float(np.linalg.norm(rs)), 1e-300)
+        if rows > 1 and cols > 1 and np.linalg.norm(np.cross(np.pad(cs, (0, 3 - self.dim)),
+                                                            np.pad(rs, (0, 3 - self.dim)))) < 1e-12:
+            raise SceneError(f"{field}: col_step = {list(cs)} and row_step = {list(rs)} are parallel")
+        if anchor not in ("first", "row0_center"):
+            raise SceneError(f"{field}.anchor = {anchor!r}: must be 'first' or 'row0_center'")
+        if anchor == "row0_center":
+            o = o - 0.5 * (cols - 1) * cs
+        total = _number(mass, f"{field}.mass")
+        if total <= 0.0:
+            raise SceneError(f"{field}.mass = {mass!r}: must be > 0")
+        k_shear = stiffness if shear_stiffness is None else shear_stiffness
+        for key, val in (("shear_stiffness", k_shear), ("bend_stiffness", bend_stiffness)):
+            if _number(val, f"{field}.{key}") < 0.0:
+                raise SceneError(f"{field}.{key} = {val!r}: must be >= 0")
+        cells = set()
+        hlist = list(handles) if handles is not None else []
+        for h_i, rc in enumerate(hlist):
+            if not isinstance(rc, (list, tuple)) or len(rc) != 2 or not all(is_int(v) for v in rc):
+                raise SceneError(f"{field}.handles[{h_i}] = {rc!r}: expected [row, col]")
+            r, c = int(rc[0]), int(rc[1])
+            if not (-rows <= r < rows and -cols <= c < cols):
+                raise SceneError(f"{field}.handles[{h_i}] = {list(rc)}: outside the {rows} x {cols} grid")
+            cell = (r % rows, c % cols)
+            if cell in cells:
+                raise SceneError(f"{field}.handles[{h_i}] = {list(rc)}: duplicate handle")
+            cells.add(cell)
+        order = {((int(r) % rows), (int(c) % cols)): h_i for h_i, (r, c) in enumerate(hlist)}
+        if hlist and velocity_limit is None:
+            raise SceneError(f"{field}.velocity_limit: required when the grid has handles")
+        if handle_names is not None:
+            if not isinstance(handle_names, (list, tuple)) or len(handle_names) != len(hlist) \
+                    or not all(isinstance(v, str) and v for v in handle_names):
+                raise SceneError(f"{field}.handle_names = {handle_names!r}: expected {len(hlist)} non-empty names")
+        if len(cells) == rows * cols:
+            raise SceneError(f"{field}.handles: every particle of the grid is a handle")
+        m_each = total / (rows * cols - len(cells))
+        # handles are created in the grid order; the action order follows the scene's particle order
+        idx = np.zeros((rows, cols), dtype=np.int64)
+        for r in range(rows):
+            for c in range(cols):
+                pos = o + c * cs + r * rs
+                if (r, c) in order:
+                    h_i = order[(r, c)]
+                    nm = handle_names[h_i] if handle_names is not None else f"{name}_{r}_{c}"
+                    idx[r, c] = self.add_handle(pos, velocity_limit, name=nm)
+                else:
+                    idx[r, c] = self.add_particle(pos, m_each, name=f"{name}_{r}_{c}")
+        pairs = []
+        for r in range(rows):
+            for c in range(cols):
+                if c + 1 < cols:
+                    pairs.append(((r, c), (r, c + 1), stiffness))
+                if r + 1 < rows:
+                    pairs.append(((r, c), (r + 1, c), stiffness))
+        if k_shear > 0:
+            for r in range(rows - 1):
+                for c in range(cols - 1):
+                    pairs.append(((r, c), (r + 1, c + 1), k_shear))
+                    pairs.append(((r, c + 1), (r + 1, c), k_shear))
+        if bend_stiffness > 0:
+            for r in range(rows):
+                for c in range(cols):
+                    if c + 2 < cols:
+                        pairs.append(((r, c), (r, c + 2), bend_stiffness))
+                    if r + 2 < rows:
+                        pairs.append(((r, c), (r + 2, c), bend_stiffness))
+        for a, b, k in pairs:
+            if a in cells and b in cells:
+                continue
+            self.add_spring(int(idx[a]), int(idx[b]), k, damping=damping, kind=kind)
+        return idx
+
     # -- geometry and settings ---------------------------------------------------------------
-    def add_plane(self, normal, offset: float = 0.0) -> None:
+    def add_plane(self, normal, offset: float | None = None, point=None, stiffness: float | None = None,
+                  friction: float | None = None) -> None:
+        """Static half-space obstacle: free space ``{x : n·x >= offset}`` with ``n`` the normalised
+        ``normal``. Give ``offset`` (default 0) or a ``point`` on the plane (``offset = n·point``).
+        ``stiffness``/``friction`` override :meth:`set_contact`'s values for this plane."""
         i = len(self._planes)
         n = np.asarray(_vec(normal, self.dim, f"planes[{i}].normal"))
         norm = float(np.linalg.norm(n))
         if norm < 1e-12:
             raise SceneError(f"planes[{i}].normal = {list(n)}: must be non-zero")
-        self._planes.append(Plane(tuple(float(v) for v in n / norm), _number(offset, f"planes[{i}].offset")))
+        n = n / norm
+        if point is not None and offset is not None:
+            raise SceneError(f"planes[{i}]: give either offset = {offset!r} or point = {point!r}, not both")
+        if point is not None:
+            off = float(n @ np.asarray(_vec(point, self.dim, f"planes[{i}].point")))
+        else:
+            off = _number(0.0 if offset is None else offset, f"planes[{i}].offset")
+        k, mu = self._contact_overrides(f"planes[{i}]", stiffness, friction)
+        self._planes.append(Plane(tuple(float(v) for v in n), off, k, mu))
 
-    def add_box(self, center, half_extents) -> None:
+    def add_box(self, center, half_extents, radius: float = 0.0, stiffness: float | None = None,
+                friction: float | None = None) -> None:
+        """Static axis-aligned box obstacle (a table is a box standing on the floor); ``radius``
+        rounds its edges (``0 <= radius < min(half_extents)``)."""
         i = len(self._boxes)
         c = _vec(center, self.dim, f"boxes[{i}].center")
         he = _vec(half_extents, self.dim, f"boxes[{i}].half_extents")
         if any(v <= 0 for v in he):
             raise SceneError(f"boxes[{i}].half_extents = {list(he)}: must be > 0")
-        self._boxes.append(Box(c, he))
+        r = _number(radius, f"boxes[{i}].radius")
+        if not 0.0 <= r < min(he):
+            raise SceneError(f"boxes[{i}].radius = {radius!r}: must be >= 0 and < the smallest half extent {min(he)!r}")
+        k, mu = self._contact_overrides(f"boxes[{i}]", stiffness, friction)
+        self._boxes.append(Box(c, he, r, k, mu))
+
+    @staticmethod
+    def _contact_overrides(field, stiffness, friction):
+        k = mu = None
+        if stiffness is not None:
+            k = _number(stiffness, f"{field}.stiffness")
+            if k <= 0.0:
+                raise SceneError(f"{field}.stiffness = {stiffness!r}: must be > 0")
+        if friction is not None:
+            mu = _number(friction, f"{field}.friction")
+            if mu < 0.0:
+                raise SceneError(f"{field}.friction = {friction!r}: must be >= 0")
+        return k, mu
+
+    def set_contact(self, stiffness: float | None = None, width: float | None = None,
+                    friction: float | None = None, eps_v: float | None = None) -> None:
+        """Contact settings of the scene (:class:`ContactSettings`); ``None`` keeps a value."""
+        cur = self.contact
+        vals = {}
+        for key, val, ok, why in (("stiffness", stiffness, lambda v: v > 0, "must be > 0"),
+                                  ("width", width, lambda v: v >= 0, "must be >= 0"),
+                                  ("friction", friction, lambda v: v >= 0, "must be >= 0"),
+                                  ("eps_v", eps_v, lambda v: v > 0, "must be > 0")):
+            if val is None:
+                vals[key] = getattr(cur, key)
+                continue
+            num = _number(val, f"contact.{key}")
+            if not ok(num):
+                raise SceneError(f"contact.{key} = {val!r}: {why}")
+            vals[key] = num
+        self.contact = ContactSettings(**vals)
 
     def set_solver(self, max_iters: int | None = None, tol: float | None = None,
                    line_search_max: int | None = None) -> None:
@@ -387,6 +591,7 @@ class SceneBuilder:
             velocity_limit=vlim,
             planes=tuple(self._planes),
             boxes=tuple(self._boxes),
+            contact=self.contact,
             solver=self.solver,
             parameters=dict(self.parameters),
         )
@@ -396,11 +601,17 @@ class SceneBuilder:
 # TOML loading
 # ------------------------------------------------------------------------------------------
 
-_TOP_KEYS = {"scene", "parameters", "solver", "particles", "springs", "chains", "planes", "boxes"}
+_TOP_KEYS = {"scene", "parameters", "solver", "contact", "particles", "grids", "springs", "chains", "planes",
+             "boxes"}
 _SCENE_KEYS = {"name", "description", "dim", "dt", "gravity"}
 _PARTICLE_KEYS = {"name", "position", "mass", "velocity", "handle", "velocity_limit"}
 _SPRING_KEYS = {"particles", "stiffness", "rest_length", "damping", "kind"}
 _CHAIN_KEYS = {"name", "start", "end", "segments", "mass", "stiffness", "damping", "kind"}
+_GRID_KEYS = {"name", "origin", "anchor", "rows", "cols", "col_step", "row_step", "spacing", "mass", "stiffness",
+              "shear_stiffness", "bend_stiffness", "damping", "kind", "handles", "handle_names", "velocity_limit"}
+_CONTACT_KEYS = {"stiffness", "width", "friction", "eps_v"}
+_PLANE_KEYS = {"normal", "offset", "point", "stiffness", "friction"}
+_BOX_KEYS = {"center", "half_extents", "radius", "stiffness", "friction"}
 
 
 def _scene_dir():
@@ -468,6 +679,9 @@ def _scene_from_dict(data: dict, **overrides) -> Scene:
     if "solver" in data:
         _check_keys(data["solver"], {"max_iters", "tol", "line_search_max"}, "solver")
         b.set_solver(**data["solver"])
+    if "contact" in data:
+        _check_keys(data["contact"], _CONTACT_KEYS, "contact")
+        b.set_contact(**data["contact"])
     for i, p in enumerate(data.get("particles", [])):
         f = f"particles[{i}]"
         _check_keys(p, _PARTICLE_KEYS, f)
@@ -482,6 +696,14 @@ def _scene_from_dict(data: dict, **overrides) -> Scene:
             if "velocity_limit" in p:
                 raise SceneError(f"{f}.velocity_limit: only handles (handle = true) take a velocity limit")
             b.add_particle(_require(p, "position", f), _require(p, "mass", f), p.get("velocity"), name=p.get("name", ""))
+    for i, gr in enumerate(data.get("grids", [])):
+        f = f"grids[{i}]"
+        _check_keys(gr, _GRID_KEYS, f)
+        opt = {k: gr[k] for k in ("shear_stiffness", "bend_stiffness", "damping", "kind", "handles", "handle_names",
+                                  "velocity_limit", "anchor", "spacing") if k in gr}
+        b.add_grid(_require(gr, "origin", f), _require(gr, "rows", f), _require(gr, "cols", f),
+                   _require(gr, "col_step", f), _require(gr, "row_step", f), _require(gr, "mass", f),
+                   _require(gr, "stiffness", f), name=gr.get("name", f"grid{i}"), **opt)
     for i, c in enumerate(data.get("chains", [])):
         f = f"chains[{i}]"
         _check_keys(c, _CHAIN_KEYS, f)
@@ -497,11 +719,13 @@ def _scene_from_dict(data: dict, **overrides) -> Scene:
         b.add_spring(ends[0], ends[1], _require(s, "stiffness", f), s.get("rest_length"),
                      s.get("damping", 0.0), s.get("kind", "bilateral"))
     for i, p in enumerate(data.get("planes", [])):
-        _check_keys(p, {"normal", "offset"}, f"planes[{i}]")
-        b.add_plane(_require(p, "normal", f"planes[{i}]"), p.get("offset", 0.0))
+        _check_keys(p, _PLANE_KEYS, f"planes[{i}]")
+        b.add_plane(_require(p, "normal", f"planes[{i}]"), p.get("offset"), p.get("point"), p.get("stiffness"),
+                    p.get("friction"))
     for i, bx in enumerate(data.get("boxes", [])):
-        _check_keys(bx, {"center", "half_extents"}, f"boxes[{i}]")
-        b.add_box(_require(bx, "center", f"boxes[{i}]"), _require(bx, "half_extents", f"boxes[{i}]"))
+        _check_keys(bx, _BOX_KEYS, f"boxes[{i}]")
+        b.add_box(_require(bx, "center", f"boxes[{i}]"), _require(bx, "half_extents", f"boxes[{i}]"),
+                  bx.get("radius", 0.0), bx.get("stiffness"), bx.get("friction"))
     return b.finalize()
 
 

@@ -144,7 +144,7 @@ class Simulator:
                 dim=m.num_envs,
                 inputs=[*arrays_in, action, mass, m.free_index, m.handle_particle, m.velocity_limit,
                         m.spring_i, m.spring_j, stiffness, m.rest_length, m.damping, m.is_cable,
-                        m.gravity, m.dtype(m.dt), m.num_dofs, m.band, m.max_iters, m.dtype(m.tol),
+                        *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs, m.band, m.max_iters, m.dtype(m.tol),
                         m.line_search_max, self._H, self._g, self._dx, self._base, self._y, self._xhat,
                         self.step_count],
                 outputs=[*arrays_out, self.status, self.iterations, self.residual,

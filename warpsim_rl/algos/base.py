@@ -35,7 +35,7 @@ class TrainConfig:
     out: str = ""                         #: output folder ("" = runs/<env>-<algo>-s<seed>)
     horizon: int = 0                      #: rollout length (0 = the task's horizon)
     hidden: tuple = (64, 64)              #: policy MLP widths
-    lr: float = 1e-3                      #: Adam learning rate (PODS regression, BPTT)
+    lr: float = 0.0                       #: Adam learning rate (0 = the algorithm's default)
     regression_steps: int = 50            #: PODS: Adam steps on Eq. 7 per epoch
     regression_batch: int = 4096          #: PODS: minibatch of (state, action) pairs per Adam step
     line_search: int = 6                  #: PODS: step sizes alpha = 1, 1/2, ..., tried in parallel
@@ -43,7 +43,11 @@ class TrainConfig:
     gn_damping: float = 1e-6              #: PODS 2nd order: Levenberg term added to H
     chunk: int = 256                      #: PODS 2nd order: rollouts per Gauss-Newton batch
     bptt_steps: int = 1                   #: BPTT: gradient steps per epoch
-    max_grad_norm: float = 1.0            #: BPTT: gradient-norm clip
+    max_grad_norm: float = 1.0            #: BPTT, zobg/fobg/aobg: gradient-norm clip
+    pg_samples: int = 4                   #: zobg/fobg/aobg: noisy rollouts per initial state
+    pg_sigma: float = 0.2                 #: zobg/fobg/aobg: action-noise std (m/s)
+    aobg_gamma: float = 1000.0            #: aobg: tolerance gamma on |g_alpha - E g0| (units of dV/dtheta)
+    aobg_delta: float = 0.05              #: aobg: confidence level delta of the ZoBG interval
     eval_every: int = 5                   #: epochs between test-bed evaluations (0 = only at the end)
     usd_envs: int = 16                    #: test-bed rollouts exported to USD at the end (0 = none)
 
@@ -56,7 +60,7 @@ class TrainConfig:
         if self.env not in task_names():
             raise ValueError(f"env = {self.env!r}: unknown; valid environments: {task_names()}")
         for name in ("num_envs", "epochs", "regression_steps", "regression_batch", "line_search", "chunk",
-                     "bptt_steps"):
+                     "bptt_steps", "pg_samples"):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} = {val!r}: must be an integer >= 1")
@@ -64,9 +68,13 @@ class TrainConfig:
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < 0:
                 raise ValueError(f"{name} = {val!r}: must be an integer >= 0")
-        for name in ("lr", "first_order_step", "max_grad_norm"):
+        if not 0.0 < self.aobg_delta < 1.0:
+            raise ValueError(f"aobg_delta = {self.aobg_delta!r}: must be in (0, 1)")
+        for name in ("first_order_step", "max_grad_norm", "pg_sigma", "aobg_gamma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r}: must be > 0")
+        if not self.lr >= 0:
+            raise ValueError(f"lr = {self.lr!r}: must be >= 0 (0 = the algorithm's default)")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype = {self.dtype!r}: must be 'float32' or 'float64'")
 

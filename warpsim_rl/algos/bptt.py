@@ -17,9 +17,12 @@ __all__ = ["BPTT"]
 
 
 class BPTT(Algorithm):
+    #: learning rate tuned on pendulum2d-stop over {1e-3, 3e-3, 1e-2, 3e-2} (docs/algorithms.md)
+    DEFAULT_LR = 1e-2
+
     def __init__(self, task: Task, cfg: TrainConfig):
         super().__init__(task, cfg)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr or self.DEFAULT_LR)
 
     def train_epoch(self) -> dict:
         cfg, task = self.cfg, self.task
@@ -33,5 +36,5 @@ class BPTT(Algorithm):
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-        return {"train/return_before": float(traj.returns.mean()), "train/grad_norm": float(norm),
+        return {"train/return_before": float(traj.returns.detach().mean()), "train/grad_norm": float(norm),
                 "train/diverged": int(traj.failed.sum())}

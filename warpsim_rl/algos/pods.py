@@ -82,13 +82,16 @@ def gauss_newton_direction(A: torch.Tensor, B: torch.Tensor, grad: torch.Tensor,
 class PODS(Algorithm):
     """PODS first (``order=1``) or second (``order=2``) order. See the module doc."""
 
+    #: regression learning rate (tuned on pendulum2d-stop over {3e-4, 1e-3, 3e-3}, docs/algorithms.md)
+    DEFAULT_LR = 1e-3
+
     def __init__(self, task: Task, cfg: TrainConfig, order: int):
         super().__init__(task, cfg)
         self.order = order
         self.alphas = torch.tensor([0.5 ** i for i in range(cfg.line_search)], dtype=self.dtype, device=self.device)
         K = len(self.alphas)
         self.search = Rollouts(task, cfg.num_envs * K, cfg.device, cfg.dtype)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr or self.DEFAULT_LR)
 
     # -- step 2: improvement direction -----------------------------------------------------------
     def _direction(self, state0) -> tuple[Trajectory, torch.Tensor]:

@@ -85,24 +85,3 @@ def bench_envs(envs: int = 4096, steps: int = 100, device="cpu", dtype="float32"
         "torch": torch.__version__,
     }
 
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    p = argparse.ArgumentParser(prog="python -m warpsim_rl.envs.bench_envs", description=__doc__)
-    p.add_argument("--envs", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--task", action="append", default=None, help="task name (repeatable; default: all)")
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args()
-    out = bench_envs(a.envs, a.steps, a.device, a.dtype, a.task, a.repeats)
-    if a.json:
-        print(json.dumps(out))
-    else:
-        for r in out["rows"]:
-            print(f"{r['name']:32s} obs {r['obs_dim']:3d} act {r['action_dim']:2d} horizon {r['horizon']:4d} "
-                  f"{r['env_steps_per_s']:14,.0f} env-steps/s")

@@ -1,0 +1,202 @@
+"""Policy gradients from the zeroth-, first- and alpha-order estimators of Suh et al. (2022):
+``--algo zobg | fobg | aobg``.
+
+What is smoothed. The policy ``pi_theta`` (the MLP of :mod:`.policy`, parameters ``theta``,
+``d`` numbers) acts with Gaussian noise on *every action*: at step ``h`` of a rollout from
+``x_0`` the executed action is ``a_h = clip(pi_theta(o(x_h)) + w_h)``, ``w_h ~ N(0, sigma^2 I)``
+(``sigma = pg_sigma`` in m/s; ``clip`` to the task's limits, as in every rollout). With
+``w = (w_0 .. w_{T-1})``,
+
+    f(theta, w; x_0) = V = sum_h r_h            (the return of that noisy rollout, PODS Eq. 15)
+
+and the objective is the smoothed return ``F(theta) = E_{x_0, w} f(theta, w; x_0)`` (``x_0`` from
+the task's initial-state distribution). Each epoch draws ``B = num_envs`` initial states and
+``K = pg_samples`` noise sequences per state; every (state, noise) pair is one sample ``i``, and
+all samples run as extra environments of one simulator launch per batch:
+
+* ZoBG (likelihood ratio, noise-free baseline per initial state)::
+
+      g0 = 1/(N sigma^2) sum_i [f(theta, w_i; x_0i) - f(theta, 0; x_0i)] sum_h (d pi/d theta (o(x_ih)))^T w_ih
+
+  ``x_ih``: states of the noisy rollout. The inner sum is a vector-Jacobian product through the
+  policy only (no simulator derivative), per sample with ``torch.func.vmap``. Environments:
+  ``B K`` noisy + ``B`` noise-free rollouts, no autograd graph.
+* FoBG (reparameterised; BPTT through the simulator's implicit adjoints)::
+
+      g1 = 1/N sum_i d f(theta, w_i; x_0i) / d theta
+         = 1/N sum_i sum_h (d pi/d theta (o(x_ih)))^T  dV_i / d(pi_h)
+
+  ``dV_i/d(pi_h)``: the adjoint of the policy output at step ``h`` in the closed-loop graph
+  (one backward pass for the whole batch, ``torch.autograd.grad`` w.r.t. the policy outputs);
+  the per-sample rows come from the same per-sample VJP through the policy. ``B K`` environments
+  with the autograd graph.
+* AoBG: ``alpha g1 + (1 - alpha) g0`` from *independent* batches (``B K`` FoBG samples and
+  ``B K`` ZoBG samples + ``B`` baselines, each from its own initial states and noise), ``alpha``
+  from the confidence-interval rule (:func:`warpsim_rl.estimators.choose_alpha`) with
+  ``gamma = aobg_gamma`` (in units of the return's gradient), ``delta = aobg_delta`` and
+  ``d`` = the number of policy parameters.
+
+The estimate (of ``dF/dtheta``, an ascent direction) drives Adam on ``-F`` with learning rate
+``lr`` (0: ``EstimatorPG.DEFAULT_LR``); its norm is clipped to ``max_grad_norm``. Samples whose Newton solve failed are dropped
+(and counted in ``train/diverged``). Noise is drawn from the algorithm's numpy generator, so
+checkpoints resume exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from .. import estimators as est
+from ..tasks import Task
+from .base import Algorithm, TrainConfig
+from .rollout import Rollouts, Trajectory
+
+__all__ = ["EstimatorPG", "policy_vjp_per_sample", "NoisyPolicy"]
+
+
+class NoisyPolicy:
+    """``obs -> pi(obs) + noise[t]`` for the ``t``-th call; keeps the policy outputs (pre-noise,
+    pre-clip) so that the adjoints ``dV/d(pi_t)`` can be taken."""
+
+    def __init__(self, policy, noise: torch.Tensor):
+        self.policy, self.noise, self.t = policy, noise, 0
+        self.outputs: list[torch.Tensor] = []
+
+    def __call__(self, obs):
+        out = self.policy(obs)
+        self.outputs.append(out)
+        a = out + self.noise[self.t]
+        self.t += 1
+        return a
+
+
+def policy_vjp_per_sample(policy: torch.nn.Module, obs: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``sum_h (d pi/d theta (obs_h))^T cot_h`` -> (M, d), for observations
+    ``obs`` (T, M, obs_dim) and cotangents ``cot`` (T, M, action_dim); ``d`` counts the policy's
+    parameters in ``named_parameters()`` order (flattened)."""
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    buffers = {k: v.detach() for k, v in policy.named_buffers()}
+
+    def scalar(p, o, c):
+        return (functional_call(policy, (p, buffers), (o,)) * c).sum()
+
+    g = vmap(grad(scalar), in_dims=(None, 1, 1))(params, obs.detach(), cot.detach())
+    M = obs.shape[1]
+    return torch.cat([g[k].reshape(M, -1) for k in params], dim=1)
+
+
+class EstimatorPG(Algorithm):
+    """Policy-gradient training with ZoBG / FoBG / AoBG (``method``); see the module doc."""
+
+    DEFAULT_LR = 1e-3
+
+    def __init__(self, task: Task, cfg: TrainConfig, method: str):
+        if method not in est.METHODS:
+            raise ValueError(f"method = {method!r}: must be one of {list(est.METHODS)}")
+        super().__init__(task, cfg)
+        self.method = method
+        B, K = cfg.num_envs, cfg.pg_samples
+        self.fo_rollouts = Rollouts(task, B * K, cfg.device, cfg.dtype) if method != "zobg" else None
+        self.zo_rollouts = Rollouts(task, B * (K + 1), cfg.device, cfg.dtype) if method != "fobg" else None
+        self.num_params = sum(p.numel() for p in self.policy.parameters())
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr or 1e-3)  # 0 = default (base.py)
+
+    # -- sampling ------------------------------------------------------------------------------
+    def _initial(self, ro: Rollouts, copies: int):
+        """``B`` initial states, each repeated ``copies`` times (sample-major: index
+        ``k * B + b``)."""
+        pos, vel = self.task.sample_initial_states(self.cfg.num_envs, self.rng)
+        reps = [np.tile(a, (copies, 1, 1)) for a in (pos, vel)]
+        return ro.initial_state(*reps)
+
+    def _noise(self, E: int) -> torch.Tensor:
+        T, na = self.task.horizon, self.task.action_dim
+        w = self.rng.standard_normal((T, E, na)) * self.cfg.pg_sigma
+        return torch.as_tensor(w, dtype=self.dtype, device=self.device)
+
+    def _rollout(self, ro: Rollouts, state0, noise: torch.Tensor, graph: bool) -> tuple[Trajectory, NoisyPolicy]:
+        pol = NoisyPolicy(self.policy, noise)
+        traj = ro.policy(pol, state0, self.task.horizon, graph=graph)
+        return traj, pol
+
+    def zeroth_order(self) -> tuple[est.Estimate, dict]:
+        """ZoBG per-sample rows from ``B K`` noisy rollouts and ``B`` noise-free baselines."""
+        B, K, sigma = self.cfg.num_envs, self.cfg.pg_samples, self.cfg.pg_sigma
+        ro = self.zo_rollouts
+        state0 = self._initial(ro, K + 1)
+        noise = self._noise(B * (K + 1))
+        noise[:, B * K:] = 0.0  # the last B environments are the noise-free baselines
+        with torch.no_grad():
+            traj, _ = self._rollout(ro, state0, noise, graph=False)
+        V = traj.returns
+        base = V[B * K:].repeat(K)
+        ok = ~(traj.failed[:B * K] | traj.failed[B * K:].repeat(K))
+        adv = (V[:B * K] - base) / (sigma * sigma)
+        cot = noise[:, :B * K] * adv[None, :, None]
+        rows = policy_vjp_per_sample(self.policy, traj.obs[:, :B * K][:, ok], cot[:, ok])
+        # sigma^2 is already in the cotangent: rows are the per-sample ZoBG estimates
+        stats = {"return_noisy": V[:B * K][ok], "return_noise_free": V[B * K:], "failed": int((~ok).sum())}
+        return est.Estimate(rows), stats
+
+    def first_order(self) -> tuple[est.Estimate, dict]:
+        """FoBG per-sample rows from ``B K`` noisy rollouts with the autograd graph."""
+        B, K = self.cfg.num_envs, self.cfg.pg_samples
+        ro = self.fo_rollouts
+        state0 = self._initial(ro, K)
+        noise = self._noise(B * K)
+        traj, pol = self._rollout(ro, state0, noise, graph=True)
+        ok = ~traj.failed
+        V = traj.returns
+        adj = torch.autograd.grad((V * ok).sum(), pol.outputs, allow_unused=True)
+        adj = torch.stack([a if a is not None else torch.zeros_like(o) for a, o in zip(adj, pol.outputs)])
+        rows = policy_vjp_per_sample(self.policy, traj.obs.detach()[:, ok], adj[:, ok])
+        stats = {"return_noisy": V.detach()[ok], "failed": int((~ok).sum())}
+        return est.Estimate(rows), stats
+
+    def estimate(self) -> tuple[torch.Tensor, dict]:
+        """The ascent direction ``(d,)`` of this epoch and its metrics."""
+        m: dict = {}
+        zo = fo = None
+        rets = []
+        failed = 0
+        if self.method != "fobg":
+            zo, s = self.zeroth_order()
+            rets.append(s["return_noisy"])
+            failed += s["failed"]
+            m["train/return_noise_free"] = float(s["return_noise_free"].mean())
+            m["train/zo_var"] = zo.var
+        if self.method != "zobg":
+            fo, s = self.first_order()
+            rets.append(s["return_noisy"])
+            failed += s["failed"]
+            m["train/fo_var"] = fo.var
+        if self.method == "zobg":
+            g = zo.grad
+        elif self.method == "fobg":
+            g = fo.grad
+        else:
+            comb, choice = est.alpha_order(zo, fo, self.cfg.aobg_gamma, self.cfg.aobg_delta)
+            g = comb.grad
+            m.update({"train/alpha": choice.alpha, "train/alpha_star": choice.alpha_star, "train/aobg_eps": choice.eps,
+                      "train/aobg_gap": choice.gap})
+        m["train/return_before"] = float(torch.cat(rets).mean()) if sum(r.numel() for r in rets) else float("nan")
+        m["train/diverged"] = failed
+        return g, m
+
+    # -- one epoch -----------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        g, m = self.estimate()
+        if not bool(torch.isfinite(g).all()):
+            m["train/grad_norm"] = float("nan")
+            return m  # skip the update rather than poison the policy
+        self.optimizer.zero_grad()
+        i = 0
+        for p in self.policy.parameters():
+            n = p.numel()
+            p.grad = -g[i:i + n].reshape(p.shape).to(p.dtype)  # Adam minimises -F
+            i += n
+        m["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm))
+        self.optimizer.step()
+        return m
