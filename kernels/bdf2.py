@@ -14,15 +14,17 @@ Per environment (one thread), with step ``h``, free-particle positions ``x``:
   minimises ``Phi``: gradient ``g`` and (PSD-projected) Hessian ``H`` assembled into a banded
   matrix, per-thread banded Cholesky, backtracking (Armijo) line search on ``Phi``.
 * Convergence: ``max|dx| / h <= tol`` (m/s) for the Newton step ``dx`` (certified before the
-  solve when ``|g|_2 / (m_min h) <= tol``, since ``H >= M``; ``H >= MASS_FLOOR M`` and
+  solve when ``|g|_2 / ((m_min - neg) h) <= tol``, since ``H >= (m_min - neg) I``; ``H >= MASS_FLOOR M`` and
   ``m_min`` scaled accordingly in scenes with boxes, see ``contact.py``), or — at the round-off
   floor of float32 — a step within ``STALL_FACTOR * tol`` that no longer halves (quadratic
   convergence always halves it). Status per env:
   ``STATUS_OK``, ``STATUS_MAX_ITERS``, ``STATUS_NONFINITE``, ``STATUS_NOT_PD``.
 * Handles are kinematic: ``x_h' = x_h + h clip(a)``, ``v_h' = clip(a)`` with the per-axis limit.
-* Start-up: the state carries the BDF2 history (``x_prev``, ``v_prev``). A fresh state sets
-  ``x_prev = x - h v`` and ``v_prev = v`` (constant-velocity extrapolation), which keeps the
-  method second-order accurate (``tests/test_physics.py`` measures it).
+  A non-finite action component holds that axis still and marks the env ``STATUS_NONFINITE``
+  (``Simulator.step(check=True)`` rejects such actions before the launch).
+* Start-up: the state carries the BDF2 history (``x_prev``, ``v_prev``). A fresh state gets it
+  from the forces at the initial state by Taylor expansion (:func:`startup`), which keeps the
+  method second-order accurate from the first step (``tests/test_physics.py`` measures it).
 """
 
 
@@ -36,6 +38,11 @@ from .elements import element_funcs
 from .linalg import band_funcs
 
 STALL_FACTOR = 10.0
+# Hessian modes of assemble(): exact; contact curvature clamped (Newton's first choice); all
+# indefinite terms projected (Newton's fallback where the former is not positive definite)
+PROJECT_NONE = 0
+PROJECT_ALL = 1
+PROJECT_CONTACT = 2
 # Newton matrix: contact curvature (a particle pressed onto a rounded box edge) may remove up to
 # 1 - MASS_FLOOR of each particle's inertia m / beta (contact.py), so that H >= MASS_FLOOR M
 MASS_FLOOR = 0.1
@@ -198,8 +205,12 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         g: wp.array2d(dtype=dtype),
         H: wp.array2d(dtype=dtype),
     ):
-        """Incremental potential ``Phi`` at ``xq[e]`` and the scale of its round-off error (the sum
-        over its terms of |term gradient| x |position|, to be multiplied by the machine epsilon);
+        """Incremental potential ``Phi`` at ``xq[e]``, the scale of its round-off error (the sum
+        over its terms of |term gradient| x |position|, to be multiplied by the machine epsilon)
+        and ``neg >= 0``, a bound on how far compressed bilateral springs pull the smallest eigenvalue
+        of the exact Hessian down (``lambda_min(H) >= lambda_min(H_projected) - neg``, Weyl).
+        ``project``: ``PROJECT_NONE`` exact Hessian, ``PROJECT_CONTACT`` exact springs with the
+        contact curvature clamped, ``PROJECT_ALL`` PSD-projected springs too;
         writes its gradient into ``g`` and its
         Hessian into the band ``H`` (both (re)initialised here). ``y_t``/``x_hat`` (N, E) hold the
         step's inertial target and ``x_hat`` (:func:`store_targets`); ``x_in`` the positions at
@@ -215,6 +226,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             H[i, e] = dtype(0.0)
         phi = dtype(0.0)
         scale = dtype(0.0)
+        neg = dtype(0.0)
         n = free_index.shape[0]
         for p in range(n):
             f = free_index[p]
@@ -234,7 +246,12 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             xi = xq[e, pi]
             xj = xq[e, pj]
             L = rest[e, s]
-            u, gr, K = el.spring_terms(xi, xj, stiffness[e, s], L, cable[s], project)
+            u, gr, K = el.spring_terms(xi, xj, stiffness[e, s], L, cable[s], int(project == PROJECT_ALL))
+            lij = wp.length(xi - xj)
+            if cable[s] == 0 and lij < L:
+                # compressed bilateral spring: its exact Hessian has the eigenvalue
+                # -2 beta k (L/l - 1) (relative transverse mode); sum them for a Weyl bound
+                neg += dtype(2.0) * beta * stiffness[e, s] * (L / wp.max(lij, dtype(1.0e-30)) - dtype(1.0))
             c = damping[s]
             if c > dtype(0.0):
                 d0 = x_in[e, pi] - x_in[e, pj]
@@ -268,12 +285,13 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                     vel = kappa * (xp - get_vec(x_hat, e, f))
                     cap = dtype(1.0 - MASS_FLOOR) * mass[e, p] / beta
                     u, gr, K = contact_particle(e, xp, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
-                                                contact_mu, contact_width, contact_eps_v, kappa, project, cap)
+                                                contact_mu, contact_width, contact_eps_v, kappa,
+                                                int(project != PROJECT_NONE), cap)
                     phi += beta * u
                     scale += beta * wp.length(gr) * wp.length(xp)
                     add_vec(g, e, f, beta * gr)
                     add_block(H, e, B, f, f, K, beta)
-        return phi, scale
+        return phi, scale, neg
 
     @wp.func
     def set_iterate(e: int, free_index: wp.array(dtype=int), base: wp.array2d(dtype=dtype),
@@ -344,13 +362,17 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         for p in range(n):
             xp_out[e, p] = x_in[e, p]
             vp_out[e, p] = v_in[e, p]
+        bad_action = int(0)
         for k in range(handle_particle.shape[0]):
             p = handle_particle[k]
             act = action[e, k]
             lim = velocity_limit[k]
             ac = vec()
             for d in range(dim):
-                ac[d] = wp.clamp(act[d], -lim[d], lim[d])
+                if wp.isfinite(act[d]):
+                    ac[d] = wp.clamp(act[d], -lim[d], lim[d])
+                else:
+                    bad_action = 1  # reported below; the handle holds still instead of moving on NaN
             x_out[e, p] = x_in[e, p] + h * ac
             v_out[e, p] = ac
         # predictor: the inertial target y
@@ -359,16 +381,20 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             f = free_index[p]
             if f >= 0:
                 x_out[e, p] = get_vec(y_t, e, f)
-        phi, phi_scale = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j,
-                                  stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k,
-                                  contact_mu, contact_width, contact_eps_v, gravity, h, N, B, 1, g, H)
+        # the first Newton matrix (at the predictor, far from the solution) is fully projected;
+        # later ones keep the exact spring Hessian where it is positive definite
+        phi, phi_scale, neg = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
+                                       spring_j, stiffness, rest, damping, cable, geo_kind, geo_a, geo_b,
+                                       geo_r, contact_k, contact_mu, contact_width, contact_eps_v, gravity, h,
+                                       N, B, PROJECT_ALL, g, H)
         st = STATUS_MAX_ITERS
         it = int(0)
         res = dtype(0.0)
         prev_res = dtype(1.0e30)
         # smallest mass: the projected Newton matrix satisfies H >= M (H >= MASS_FLOOR M with box
-        # contact), so the Newton step obeys max|dx| <= |g|_2 / m_min and a small gradient
-        # certifies convergence without a solve
+        # contact) and the exact-spring one H >= (m_min - neg) I (assemble()), so the Newton step
+        # obeys max|dx| <= |g|_2 / (m_min - neg) and a small gradient certifies convergence
+        # without a solve
         m_min = dtype(1.0e30)
         for p in range(n):
             if free_index[p] >= 0:
@@ -384,13 +410,22 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             gg = dtype(0.0)
             for i in range(N):
                 gg += g[i, e] * g[i, e]
-            if wp.sqrt(gg) <= tol * h * m_min:
-                res = wp.sqrt(gg) / (h * m_min)
+            m_eff = m_min - neg  # lower bound on lambda_min of the (exact-spring) Newton matrix
+            if m_eff > dtype(0.0) and wp.sqrt(gg) <= tol * h * m_eff:
+                res = wp.sqrt(gg) / (h * m_eff)
                 st = STATUS_OK
                 break
+            # Newton matrix: the exact spring Hessian where it is positive definite (quadratic
+            # convergence), else the PSD projection of every indefinite term (still a descent
+            # direction, linear convergence)
             if la.band_cholesky(H, e, N, B) == 0:
-                st = STATUS_NOT_PD
-                break
+                phi, phi_scale, neg = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
+                                                 spring_j, stiffness, rest, damping, cable, geo_kind, geo_a,
+                                                 geo_b, geo_r, contact_k, contact_mu, contact_width,
+                                                 contact_eps_v, gravity, h, N, B, PROJECT_ALL, g, H)
+                if la.band_cholesky(H, e, N, B) == 0:
+                    st = STATUS_NOT_PD
+                    break
             for i in range(N):
                 dx[i, e] = -g[i, e]
             la.band_solve(H, e, N, B, dx, dx)
@@ -426,10 +461,10 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             noise = dtype(NOISE) * phi_scale
             for ls in range(ls_max + 1):
                 set_iterate(e, free_index, base, dx, alpha, x_out)
-                phi_t, scale_t = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
-                                          spring_j, stiffness, rest, damping, cable, geo_kind, geo_a, geo_b,
-                                          geo_r, contact_k, contact_mu, contact_width, contact_eps_v, gravity,
-                                          h, N, B, 1, g, H)
+                phi_t, scale_t, neg_t = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index,
+                                                   spring_i, spring_j, stiffness, rest, damping, cable, geo_kind,
+                                                   geo_a, geo_b, geo_r, contact_k, contact_mu, contact_width,
+                                                   contact_eps_v, gravity, h, N, B, PROJECT_CONTACT, g, H)
                 slope_t = dtype(0.0)
                 for i in range(N):
                     slope_t += g[i, e] * dx[i, e]
@@ -438,6 +473,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                 if armijo or approx or ls == ls_max:
                     phi = phi_t
                     phi_scale = scale_t
+                    neg = neg_t
                     break
                 alpha = alpha * dtype(0.5)
             prev_res = res
@@ -447,6 +483,8 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             f = free_index[p]
             if f >= 0:
                 v_out[e, p] = kappa * (x_out[e, p] - get_vec(x_hat, e, f))
+        if bad_action != 0:
+            st = STATUS_NONFINITE
         status[e] = st
         iters[e] = it
         residual[e] = res
@@ -493,11 +531,75 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         ``y_t``/``x_hat`` are (N, E) scratch."""
         e = wp.tid()
         store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
-        value, scale = assemble(e, xq, x_in, y_t, x_hat, v_handle, mass, free_index, spring_i, spring_j,
+        value, scale, neg = assemble(e, xq, x_in, y_t, x_hat, v_handle, mass, free_index, spring_i, spring_j,
                                 stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k,
                                 contact_mu, contact_width, contact_eps_v, gravity, h, N, B, project, g, H)
         phi[e] = value
 
+    @wp.kernel(enable_backward=False, module="unique")
+    def startup(
+        x_new: wp.array2d(dtype=vec),
+        v_new: wp.array2d(dtype=vec),
+        mask: wp.array(dtype=int),
+        mass: wp.array2d(dtype=dtype),
+        free_index: wp.array(dtype=int),
+        spring_i: wp.array(dtype=int),
+        spring_j: wp.array(dtype=int),
+        stiffness: wp.array2d(dtype=dtype),
+        rest: wp.array2d(dtype=dtype),
+        damping: wp.array(dtype=dtype),
+        cable: wp.array(dtype=int),
+        geo_kind: wp.array(dtype=int),
+        geo_a: wp.array(dtype=vec),
+        geo_b: wp.array(dtype=vec),
+        geo_r: wp.array(dtype=dtype),
+        contact_k: wp.array2d(dtype=dtype),
+        contact_mu: wp.array2d(dtype=dtype),
+        contact_width: dtype,
+        contact_eps_v: dtype,
+        gravity: vec,
+        h: dtype,
+        N: int,
+        B: int,
+        y_t: wp.array2d(dtype=dtype),
+        x_hat: wp.array2d(dtype=dtype),
+        g: wp.array2d(dtype=dtype),
+        H: wp.array2d(dtype=dtype),
+        x: wp.array2d(dtype=vec),
+        v: wp.array2d(dtype=vec),
+        xp: wp.array2d(dtype=vec),
+        vp: wp.array2d(dtype=vec),
+    ):
+        """Start a BDF2 history (envs with ``mask[e] != 0``): ``x = x_new``, ``v = v_new`` and, with
+        the acceleration ``a = M^-1 f(x, v) + gravity``, ``x_prev = x - h v + h^2/2 a`` and
+        ``v_prev = v - h a`` (Taylor to O(h^3) and O(h^2): the first step keeps the method's second
+        order). ``f`` is taken from :func:`assemble` at ``x' = y = x`` with ``x_hat = x - v/kappa``
+        (so the damping and friction velocities are ``v``): its gradient is ``-beta M a``."""
+        e = wp.tid()
+        if mask[e] == 0:
+            return
+        kappa = dtype(1.5) / h
+        beta = dtype(4.0) * h * h / dtype(9.0)
+        for p in range(free_index.shape[0]):
+            x[e, p] = x_new[e, p]
+            v[e, p] = v_new[e, p]
+            f = free_index[p]
+            if f >= 0:
+                for d in range(dim):
+                    y_t[f * dim + d, e] = x_new[e, p][d]
+                    x_hat[f * dim + d, e] = x_new[e, p][d] - v_new[e, p][d] / kappa
+        phi, scale, neg = assemble(e, x_new, x_new, y_t, x_hat, v_new, mass, free_index, spring_i, spring_j,
+                                   stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k,
+                                   contact_mu, contact_width, contact_eps_v, gravity, h, N, B, PROJECT_ALL, g, H)
+        for p in range(free_index.shape[0]):
+            f = free_index[p]
+            a = vec()
+            if f >= 0:
+                a = -get_vec(g, e, f) / (beta * mass[e, p])
+            xp[e, p] = x_new[e, p] - h * v_new[e, p] + (dtype(0.5) * h * h) * a
+            vp[e, p] = v_new[e, p] - h * a
+
     return SimpleNamespace(vec=vec, mat=mat, bdf2_step=bdf2_step, potential=potential, assemble=assemble,
+                           startup=startup,
                            inertial_target=inertial_target, add_block=add_block, add_vec=add_vec,
                            get_vec=get_vec, store_targets=store_targets, contact_particle=contact_particle)

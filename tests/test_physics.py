@@ -98,9 +98,7 @@ def bdf2_errors(device, kind, c, history):
                 a = arr.numpy()
                 a[0, 1] = val
                 arr.assign(a)
-        else:  # documented start-up of State.reset
-            np.testing.assert_allclose(s0.x_prev.numpy()[0, 1], XB0 - dt * VB0, rtol=1e-15)
-            np.testing.assert_array_equal(s0.v_prev.numpy()[0, 1], VB0)
+        # else: the documented start-up of State.reset (history from the initial forces)
         ctrl = model.control()
         stride = int(round(0.01 / dt))
         xs = []
@@ -124,13 +122,12 @@ def test_bdf2_second_order_exact_history(device, kind):
     assert 1.8 <= order <= 2.3, (order, errs)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "State.reset's start-up x_prev = x - dt v, v_prev = v is only first-order: the first step "
-    "gives v1 = v0 + 2dt/3 a0 (not v0 + dt a0), leaving a permanent velocity offset ~ -dt a0 / 2, "
-    "so positions err by O(dt) (measured order ~1.0, contradicting the kernels/bdf2.py doc)"))
 @pytest.mark.slow
-def test_bdf2_second_order_documented_startup(device):
-    errs, order = bdf2_errors(device, "constant", 0.0, "startup")
+@pytest.mark.parametrize("kind", ["constant", "piecewise"])
+def test_bdf2_second_order_documented_startup(device, kind):
+    """The same from State.reset's start-up history (Taylor from the initial forces)."""
+    errs, order = bdf2_errors(device, kind, 0.0, "startup")
+    assert np.all(np.diff(errs) < 0), errs
     assert 1.8 <= order <= 2.3, (order, errs)
 
 
@@ -233,9 +230,6 @@ def test_free_fall_acceleration_is_g(device):
     assert np.abs(acc[:, 0]).max() <= 1e-9
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "documented start-up (x_prev = x - dt v, v_prev = v) leaves a velocity offset of -dt g / 2: "
-    "positions drift by ~ +dt g t / 2 from x0 + v0 t + g t^2 / 2 (first-order start-up)"))
 def test_free_fall_positions_documented_startup(device):
     xs, _, x_ex, _, _ = _free_fall(device, "startup")
     np.testing.assert_allclose(xs, x_ex, rtol=0, atol=1e-9)
@@ -366,4 +360,7 @@ def test_free_pendulum_energy_drift(device):
     drift = (E[-1] - E[0]) / swing
     assert drift < 0, "BDF2 must not gain energy"
     assert drift > -5e-3, f"energy drift {drift:.2e} of the swing energy over 3 periods"
-    assert np.all(E <= E[0] + 1e-9 * swing), "energy rose above its initial value"
+    # the second-order start-up history (State.reset) may move the first step's energy by its
+    # O(dt^3) truncation error (1.4e-9 of the swing energy here); after that, never a gain
+    assert E[1] - E[0] <= 1e-8 * swing, "start-up step gained energy beyond its truncation error"
+    assert np.all(E[1:] <= E[1] + 1e-9 * swing), "energy rose above its value after the start-up step"

@@ -164,6 +164,22 @@ class Model:
         self._set_param("friction", self.friction, vals, shape, positive=False)
         self.has_friction = int(np.any(vals > 0))
 
+    def start_history(self, x_new: wp.array, v_new: wp.array, mask: wp.array, state: "State") -> None:
+        """Write ``x_new``/``v_new`` (E, n) vec and their BDF2 start-up history into ``state`` for
+        the envs with ``mask[e] != 0`` (see :meth:`State.reset`)."""
+        from .kernels.bdf2 import bdf2_kernels
+
+        if getattr(self, "_startup_scratch", None) is None:
+            N, B, E, d = self.num_dofs, self.band, self.num_envs, self.device
+            self._startup_scratch = [wp.zeros((N, E), dtype=self.dtype, device=d) for _ in range(3)] + [
+                wp.zeros((N * (B + 1), E), dtype=self.dtype, device=d)]
+        y_t, x_hat, g, H = self._startup_scratch
+        wp.launch(bdf2_kernels(self.dtype, self.dim).startup, dim=self.num_envs,
+                  inputs=[x_new, v_new, mask, self.mass, self.free_index, self.spring_i, self.spring_j,
+                          self.stiffness, self.rest_length, self.damping, self.is_cable, *self.contact_args(),
+                          self.gravity, self.dtype(self.dt), self.num_dofs, self.band, y_t, x_hat, g, H],
+                  outputs=list(state.arrays()), device=self.device)
+
     def contact_args(self) -> list:
         """The contact arguments of the step and derivative kernels, in their order."""
         return [self.geo_kind, self.geo_a, self.geo_b, self.geo_r, self.contact_stiffness, self.friction,
@@ -222,8 +238,9 @@ class State:
 
     def reset(self, positions=None, velocities=None, env_mask=None) -> None:
         """Set positions/velocities (host data, (E, n, dim) or (n, dim)) for all envs, or for the
-        envs where the boolean ``env_mask`` (E,) is true; the history becomes
-        ``x_prev = x - dt v``, ``v_prev = v``."""
+        envs where the boolean ``env_mask`` (E,) is true. Handles start at rest. The BDF2 history
+        is started from the forces at that state (``kernels.bdf2`` ``startup``:
+        ``x_prev = x - dt v + dt^2/2 a``, ``v_prev = v - dt a``), one launch, no read-back."""
         m = self.model
         shape = (m.num_envs, m.num_particles, m.dim)
         x = _broadcast_state(positions if positions is not None else m.scene.positions, shape, "positions", m.np_dtype)
@@ -231,19 +248,15 @@ class State:
                              m.np_dtype)
         v = v.copy()
         v[:, m.scene.is_handle] = 0.0
-        xp = x - m.dt * v
-        if env_mask is not None:
+        if env_mask is None:
+            mask = np.ones(m.num_envs, dtype=np.int32)
+        else:
             mask = np.asarray(env_mask, dtype=bool)
             if mask.shape != (m.num_envs,):
                 raise SceneError(f"env_mask: shape {mask.shape} != ({m.num_envs},)")
-            cur = [a.numpy().copy() for a in self.arrays()]
-            for c, new in zip(cur, (x, v, xp, v)):
-                c[mask] = new[mask]
-            x, v, xp, vv = cur
-        else:
-            vv = v
-        for arr, val in zip(self.arrays(), (x, v, xp, vv)):
-            arr.assign(wp.array(val.astype(m.np_dtype), dtype=m.vec, device=m.device))
+            mask = mask.astype(np.int32)
+        m.start_history(wp.array(x, dtype=m.vec, device=m.device), wp.array(v, dtype=m.vec, device=m.device),
+                        wp.array(mask, dtype=wp.int32, device=m.device), self)
 
     def assign(self, other: "State") -> None:
         """Copy ``other`` into this state (device copy, no host round trip)."""
