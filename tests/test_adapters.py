@@ -30,7 +30,8 @@ def _check_no_unexpected_warnings(record):
     assert not unexpected, unexpected
 
 
-@pytest.mark.parametrize("name", ["pendulum2d-stop", "cable_payload2d-stop-origin", "rope3d-stop"])
+@pytest.mark.parametrize("name", ["pendulum2d-stop", "cable_payload2d-stop-origin", "rope3d-stop",
+                                  "wall_pendulum2d-stop-origin", "cloth_table-place"])
 def test_gymnasium_check_env(name):
     ids = register_gymnasium_envs()
     assert len(ids) == len(task_names()) and register_gymnasium_envs() == ids  # idempotent

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from warpsim_rl.tasks import (SYSTEMS, TASKS, InitialStateDistribution, Weights, equilibrium, make_task,
-                              reward, task_names)
+from warpsim_rl.tasks import (CONTACT_SYSTEMS, SYSTEMS, TASKS, InitialStateDistribution, Weights, equilibrium,
+                              make_task, reward, system_kinds, task_names)
 
 ALL = task_names()
 
@@ -19,9 +19,14 @@ ALL = task_names()
 # -- registry -----------------------------------------------------------------------------------
 
 def test_registry_names():
-    assert len(ALL) == 10
-    assert set(ALL) == {f"{s}-{k}" for s in SYSTEMS for k in ("stop", "stop-origin")}
-    assert "pendulum2d-stop" in ALL
+    assert len(ALL) == 14
+    assert set(ALL) == {f"{s}-{k}" for s in SYSTEMS for k in system_kinds(s)}
+    assert all(system_kinds(s) == ("stop", "stop-origin") for s in SYSTEMS if s != "cloth_table")
+    assert system_kinds("cloth_table") == ("stop", "place")
+    assert set(CONTACT_SYSTEMS) == {"cloth_table", "wall_pendulum2d"} <= set(SYSTEMS)
+    assert "pendulum2d-stop" in ALL and "cloth_table-place" in ALL
+    with pytest.raises(ValueError, match="known systems"):
+        system_kinds("pendulum4d")
 
 
 def test_unknown_task_lists_known_names():
@@ -50,14 +55,16 @@ def test_task_definition(name):
     sc = t.scene
     h, k, d = t.num_handles, t.num_payload, t.dim
     assert t.obs_dim == (h + 2 * k) * d and t.action_dim == h * d
-    assert t.dt == sc.dt == 0.02 and 50 <= t.horizon <= 100
+    assert t.dt == sc.dt == 0.02 and 50 <= t.horizon <= 150
     assert set(t.payload.tolist()) | set(t.handles.tolist()) == set(range(sc.num_particles))
     assert np.all(t.action_limits > 0)
     w = t.weights
     if t.kind == "stop":
         assert w.w_p == 0 and w.w_x == 0 and w.w_v > 0 and t.init.handle_offset == 0
-    else:
+    elif t.kind == "stop-origin":
         assert min(w.w_p, w.w_x, w.w_v) > 0 and t.init.handle_offset > 0
+    else:  # place: the handles may end anywhere
+        assert t.kind == "place" and w.w_p == 0 and min(w.w_x, w.w_v) > 0 and t.init.handle_offset > 0
     assert w.w_a > 0
     lay = t.observation_layout
     assert lay["payload_vel"].stop == t.obs_dim
@@ -68,7 +75,7 @@ def test_task_definition(name):
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_target_is_static_equilibrium(system):
     """Forces on every payload particle balance at the target (spring forces + gravity)."""
-    t = make_task(f"{system}-stop-origin")
+    t = make_task(f"{system}-stop")
     sc, x = t.scene, np.asarray(t.rest_positions)
     f = np.zeros_like(x)
     f[:] = sc.masses[:, None] * sc.gravity[None]
@@ -125,9 +132,9 @@ def test_sampling_deterministic_and_physical(name):
     assert np.all(v1[:, t.handles] == 0)
     speed = np.linalg.norm(v1[:, t.payload], axis=-1).max(axis=1)
     assert np.all(speed > 0.1)
-    # handles at home (stop) or displaced within the offset (stop-origin), the system moves with them
+    # handles at home (stop) or displaced within the offset (stop-origin, place), the system moves with them
     off = p1[:, t.handles] - t.home
-    if t.kind == "stop":
+    if t.init.handle_offset == 0:
         assert np.all(off == 0)
     else:
         assert np.all(np.abs(off) <= t.init.handle_offset + 1e-12)
@@ -244,7 +251,8 @@ def test_reward_derivatives_vs_finite_differences(name):
     torch.testing.assert_close(a_req.grad.reshape(E, -1), der["dr_da"], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["rope3d-stop-origin", "cable_payload2d-stop-origin"])
+@pytest.mark.parametrize("name", ["rope3d-stop-origin", "cable_payload2d-stop-origin", "cloth_table-place",
+                                  "wall_pendulum2d-stop-origin"])
 def test_reward_derivatives_markov_layout(name):
     """The Markov layout [x_f, v_f, x_prev_f, v_prev_f, x_h] is a permutation/selection of the
     full one (that of autodiff.TorchSimulator.jacobians)."""
@@ -273,3 +281,151 @@ def test_clip_action_and_mask():
     a = torch.tensor([[3.0, -3.0, 0.5, -0.25]], dtype=torch.float64)
     np.testing.assert_allclose(t.clip_action(a).numpy(), [[lim, -lim, 0.5, -0.25]])
     np.testing.assert_allclose(t.clip_mask(a).numpy(), [[0, 0, 1, 1]])
+
+
+# -- contact tasks (cloth_table, wall_pendulum2d) -------------------------------------------------
+
+def _signed_distances(scene, x):
+    """(N, k, G) signed distances of points x (N, k, dim) to every plane and box of ``scene``
+    (numpy, the formulas of docs/contact.md)."""
+    out = []
+    for pl in scene.planes:
+        out.append(x @ np.asarray(pl.normal) - pl.offset)
+    for b in scene.boxes:
+        c, he, r = np.asarray(b.center), np.asarray(b.half_extents), b.radius
+        q = np.abs(x - c) - (he - r)
+        o = np.linalg.norm(np.maximum(q, 0.0), axis=-1)
+        out.append(np.where(o > 0, o - r, q.max(-1) - r))
+    return np.stack(out, -1)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if make_task(n).scene_name in CONTACT_SYSTEMS])
+def test_initial_states_never_penetrate(name):
+    """No free particle of any test-bed state starts inside a plane or box, nor within the
+    penalty's smoothing band: every signed distance is >= w/2, where the contact force is 0."""
+    t = make_task(name)
+    sc = t.scene
+    assert sc.planes or sc.boxes
+    pos, _ = t.test_bed()
+    d = _signed_distances(sc, pos[:, sc.free_particles])
+    assert d.shape == (t.test_bed_size, t.num_payload, len(sc.planes) + len(sc.boxes))
+    assert d.min() >= sc.contact.width / 2
+    # the targets too ("place": laid on the table top, i.e. at distance 0, touching it)
+    dt_ = _signed_distances(sc, np.asarray(t.target)[None])
+    assert dt_.min() >= (0.0 if t.kind == "place" else sc.contact.width / 2) - 1e-12
+
+
+def test_cloth_swings_rigidly_about_the_handle_line():
+    """cloth_table's initial states: the cloth tilted rigidly about the line through its two
+    handles by at most the swing angle, rotating about it at U(0.25, 0.75) rad/s; "place" then
+    shifts everything by at most 5 cm per axis."""
+    for name in ("cloth_table-stop", "cloth_table-place"):
+        t = make_task(name)
+        assert t.init.swing_about == "handle_line"
+        pos, vel = t.sample_initial_states(200, seed=3)
+        h0, h1 = t.handles
+        shift = pos[:, h0] - t.home[0]
+        np.testing.assert_allclose(pos[:, h1] - t.home[1], shift, atol=1e-14)  # handles move together
+        assert np.abs(shift).max() <= t.init.handle_offset + 1e-15
+        rest = np.asarray(t.rest_positions)
+        axis = (t.home[1] - t.home[0]) / np.linalg.norm(t.home[1] - t.home[0])
+        r0 = rest - t.home[0]
+        r = pos - pos[:, h0][:, None]
+        # coordinate along the line and distance to it are kept: a rotation about the line
+        np.testing.assert_allclose(r @ axis, np.broadcast_to(r0 @ axis, r.shape[:2]), atol=1e-12)
+        perp0 = r0 - np.outer(r0 @ axis, axis)
+        perp = r - (r @ axis)[..., None] * axis
+        np.testing.assert_allclose(np.linalg.norm(perp, axis=-1),
+                                   np.broadcast_to(np.linalg.norm(perp0, axis=-1), r.shape[:2]), atol=1e-12)
+        bottom = t.payload[-1]  # the last row hangs 0.6 m below the handles
+        cosang = (perp[:, bottom] @ perp0[bottom]) / (np.linalg.norm(perp0[bottom]) ** 2)
+        ang = np.arccos(np.clip(cosang, -1, 1))
+        assert ang.max() <= t.init.swing_angle + 1e-9 and ang.max() > 0.8 * t.init.swing_angle
+        # velocities: omega x r about the line, |omega| in the range, both signs
+        omega = np.einsum("nd,nd->n", np.cross(axis, perp[:, bottom]), vel[:, bottom]) / np.linalg.norm(
+            perp0[bottom]) ** 2
+        np.testing.assert_allclose(vel[:, t.payload], np.cross(omega[:, None, None] * axis, perp[:, t.payload]),
+                                   atol=1e-12)
+        lo, hi = t.init.angular_speed
+        assert np.all((np.abs(omega) >= lo - 1e-12) & (np.abs(omega) <= hi + 1e-12))
+        assert (omega > 0).any() and (omega < 0).any()
+    with pytest.raises(ValueError, match="swing_about"):
+        InitialStateDistribution(0.1, 0.0, (0.5, 1.0), swing_about="tip")
+    bad = make_task("pendulum3d-stop", init=InitialStateDistribution(0.1, 0.0, (0.5, 1.0), swing_about="handle_line"))
+    with pytest.raises(ValueError, match="handle_line"):
+        bad.sample_initial_states(2, 0)
+
+
+def test_place_target():
+    """cloth_table-place's target: the cloth laid flat on the table top (contact_scenes'
+    cloth_place_target), moved by place_offset; the target state has zero cost."""
+    from warpsim_rl.contact_scenes import cloth_place_target
+
+    t = make_task("cloth_table-place")
+    sc = t.scene
+    top = sc.boxes[0].center[1] + sc.boxes[0].half_extents[1]
+    assert t.target.shape == (26, 3) and not t.target.flags.writeable
+    np.testing.assert_array_equal(t.target, cloth_place_target(sc)[t.payload])
+    np.testing.assert_allclose(t.target[:, 1], top)
+    assert np.ptp(t.target[:, 2]) == pytest.approx(0.6) and np.ptp(t.target[:, 0]) == pytest.approx(0.3)
+    # the rest configuration (hanging, "stop"'s target) is not the place target
+    np.testing.assert_array_equal(make_task("cloth_table-stop").target, np.asarray(t.rest_positions)[t.payload])
+    moved = make_task("cloth_table-place", place_offset=(0.1, -0.05))
+    np.testing.assert_allclose(moved.target - t.target, np.broadcast_to([0.1, 0.0, -0.05], t.target.shape),
+                               atol=1e-15)
+    # zero cost at the target, at rest, with any handle position (w_p = 0) and no action
+    x = torch.tensor(cloth_place_target(sc), dtype=torch.float64)[None]
+    x[:, t.handles] += 0.3
+    v = torch.zeros_like(x)
+    assert float(t.reward(x, v, torch.zeros(1, 2, 3, dtype=torch.float64))) == 0.0
+    assert float(t.observation(x, v)[:, t.observation_layout["payload_pos"]].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="place target"):
+        make_task("pendulum2d-stop", kind="place").target
+    with pytest.raises(ValueError, match="place_offset"):
+        make_task("cloth_table-place", place_offset=(0.1,))
+
+
+def test_cloth_reference_policy_solves_place():
+    """contact_scenes.cloth_lay_actions (open loop, the scripted laying) earns a far better return
+    than doing nothing on the first test-bed states of cloth_table-place: the task is solvable
+    and its target is the laid cloth. No env diverges."""
+    from warpsim_rl.contact_scenes import cloth_lay_actions
+    from warpsim_rl.envs import WarpSimEnv
+
+    t = make_task("cloth_table-place")
+    n = 3
+    pos, vel = t.test_bed()
+    env = WarpSimEnv(t, 2 * n, auto_reset=False)
+    env.reset(initial_state=(np.concatenate([pos[:n]] * 2), np.concatenate([vel[:n]] * 2)))
+    lay = torch.as_tensor(cloth_lay_actions(t.scene, t.horizon).reshape(t.horizon, 1, -1), dtype=torch.float32)
+    ret = torch.zeros(2 * n, dtype=torch.float64)
+    for k in range(t.horizon):
+        a = torch.cat([lay[k].expand(n, -1), torch.zeros(n, t.action_dim)])
+        _, r, term, _, _ = env.step(a)
+        assert not term.any()
+        ret += r.double()
+    r_lay, r_zero = ret[:n], ret[n:]
+    assert torch.all(r_lay > 0.4 * r_zero), (r_lay, r_zero)  # less than 40% of the cost
+    x, _, _, _ = env.state_tensors()
+    err = (x[:n, t.payload].double() - torch.tensor(np.array(t.target))).norm(dim=-1)
+    assert float(err.mean()) < 0.1  # within the 5 cm per axis start offset + what the swing adds
+
+
+def test_wall_pendulum_strikes_the_wall():
+    """Left alone, a good part of wall_pendulum2d-stop's test bed strikes the wall within the
+    horizon (57.9%): contact is part of the task."""
+    from warpsim_rl.envs import WarpSimEnv
+
+    t = make_task("wall_pendulum2d-stop")
+    wall = t.scene.planes[0]
+    pos, vel = t.test_bed()
+    env = WarpSimEnv(t, t.test_bed_size, auto_reset=False)
+    env.reset(initial_state=(pos, vel))
+    struck = torch.zeros(t.test_bed_size, dtype=torch.bool)
+    zero = torch.zeros(t.test_bed_size, t.action_dim)
+    for _ in range(t.horizon):
+        env.step(zero)
+        x = env.state_tensors()[0][:, t.payload[0]].double()
+        d = x @ torch.tensor(wall.normal, dtype=torch.float64) - wall.offset
+        struck |= d < t.scene.contact.width / 2  # the penalty force is on
+    assert 0.4 < float(struck.double().mean()) < 0.75

@@ -1,4 +1,6 @@
-"""Tasks: the PODS systems × {"stop", "stop-origin"} (PODS, Mora et al. ICML 2021, Sec. 4).
+"""Tasks: the PODS systems × {"stop", "stop-origin"} (PODS, Mora et al. ICML 2021, Sec. 4), and
+the contact systems: ``cloth_table`` × {"stop", "place"} (PODS Fig. 5: lay a cloth on a table) and
+``wall_pendulum2d`` × {"stop", "stop-origin"} (a pendulum next to a stiff wall).
 
 A :class:`Task` is a scene plus everything that turns it into a control problem: the reward
 weights of PODS Eq. 15, the horizon, the action limits, the initial-state distribution and a test
@@ -12,7 +14,8 @@ Reward (PODS Eq. 15), per environment and step ``t``::
 * ``p`` (h, dim): handle positions relative to their *home* positions (the handle positions of
   the scene file; for the single-handle systems that is the world origin);
 * ``x`` (k, dim): payload positions relative to their *target*: the static equilibrium of the
-  payload hanging under the handles at home ("the origin" of "stop at origin");
+  payload hanging under the handles at home ("the origin" of "stop at origin"), or, for "place",
+  the payload laid flat on the table (``contact_scenes.cloth_place_target``);
 * ``v`` (k, dim): payload velocities (world frame);
 * ``a`` (h, dim): the action *as executed*, i.e. the commanded handle velocities clipped per axis
   to the action limits (the simulator clips the same way, so this is what the system did).
@@ -48,6 +51,8 @@ __all__ = [
     "TASKS",
     "TASK_KINDS",
     "SYSTEMS",
+    "CONTACT_SYSTEMS",
+    "system_kinds",
     "make_task",
     "task_names",
     "reward",
@@ -56,8 +61,14 @@ __all__ = [
     "TEST_BED_SIZE",
 ]
 
-TASK_KINDS = ("stop", "stop-origin")
-SYSTEMS = ("pendulum2d", "pendulum3d", "double_pendulum3d", "cable_payload2d", "rope3d")
+TASK_KINDS = ("stop", "stop-origin", "place")
+#: Every system with registered tasks: the PODS systems, then the contact systems.
+SYSTEMS = ("pendulum2d", "pendulum3d", "double_pendulum3d", "cable_payload2d", "rope3d", "cloth_table",
+           "wall_pendulum2d")
+#: The systems with frictional contact (planes, boxes; docs/contact.md).
+CONTACT_SYSTEMS = ("cloth_table", "wall_pendulum2d")
+#: Swing modes of :class:`InitialStateDistribution`.
+SWING_MODES = ("handle", "handle_line")
 TEST_BED_SIZE = 1000
 
 
@@ -93,7 +104,13 @@ class InitialStateDistribution:
     by ``U(0, swing_angle)``, in the direction that slackens the other cables (never stretches
     them), and set rotating about that handle with angular speed ``U(*angular_speed)``, random sign.
 
-    ``handle_offset`` > 0 ("stop-origin") then shifts the whole system, handles included, by an
+    ``swing_about="handle_line"`` (3D, several handles on one line: ``cloth_table``): the whole
+    payload is tilted rigidly about the line through the handles by ``U(-swing_angle, swing_angle)``
+    and set rotating about it with angular speed ``U(*angular_speed)``, random sign. The handles
+    lie on the axis, so every spring keeps its length (swinging about one handle would stretch the
+    springs to the other one).
+
+    ``handle_offset`` > 0 ("stop-origin", "place") then shifts the whole system, handles included, by an
     offset ``U(-handle_offset, handle_offset)`` per axis. Handles start at rest.
     """
 
@@ -101,8 +118,12 @@ class InitialStateDistribution:
     bend_angle: float
     angular_speed: tuple[float, float]
     handle_offset: float = 0.0
+    swing_about: str = "handle"
 
     def __post_init__(self):
+        if self.swing_about not in SWING_MODES:
+            raise ValueError(f"InitialStateDistribution.swing_about = {self.swing_about!r}: must be one of "
+                             f"{list(SWING_MODES)}")
         for name in ("swing_angle", "bend_angle", "handle_offset"):
             val = getattr(self, name)
             if not (isinstance(val, (int, float)) and math.isfinite(val) and val >= 0):
@@ -122,7 +143,7 @@ class Task:
         name: registry name, ``<system>-<kind>``.
         scene_name: shipped scene (``scenes/<scene_name>.toml``); ``scene_params`` overrides its
             ``[parameters]`` as ``((name, value), ...)``.
-        kind: ``"stop"`` or ``"stop-origin"``.
+        kind: ``"stop"``, ``"stop-origin"`` or ``"place"`` (``TASK_KINDS``).
         weights: :class:`Weights` of Eq. 15.
         horizon: episode length in steps (the episode is truncated after it).
         init: :class:`InitialStateDistribution`.
@@ -131,6 +152,8 @@ class Task:
             ``((lx, ly[, lz]), ...)``; ``None`` takes the scene's ``velocity_limit``.
         test_bed_size: number of test-bed states.
         description: one line.
+        place_offset: ``(dx, dz)`` in m, shift of the "place" target on the table (kind "place"
+            only; see :attr:`target`).
     """
 
     name: str
@@ -144,10 +167,14 @@ class Task:
     action_limit: tuple[tuple[float, ...], ...] | None = None
     test_bed_size: int = TEST_BED_SIZE
     description: str = ""
+    place_offset: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
             raise ValueError(f"Task.kind = {self.kind!r}: must be one of {list(TASK_KINDS)}")
+        off = tuple(self.place_offset)
+        if len(off) != 2 or not all(isinstance(o, (int, float)) and math.isfinite(o) for o in off):
+            raise ValueError(f"Task.place_offset = {self.place_offset!r}: expected (dx, dz), finite, in m")
         if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 1:
             raise ValueError(f"Task.horizon = {self.horizon!r}: must be an integer >= 1")
         if isinstance(self.test_bed_size, bool) or not isinstance(self.test_bed_size, int) or self.test_bed_size < 1:
@@ -240,12 +267,21 @@ class Task:
         out.setflags(write=False)
         return out
 
-    @property
+    @functools.cached_property
     def target(self) -> np.ndarray:
-        """(k, dim) payload target positions: the payload's rest positions under the handles at
-        home. Observations report payload positions relative to it (both kinds); only
-        "stop-origin" rewards reaching it (``w_x > 0``)."""
-        return self.rest_positions[self.payload]
+        """(k, dim) payload target positions. "stop", "stop-origin": the payload's rest positions
+        under the handles at home (only "stop-origin" rewards reaching them, ``w_x > 0``).
+        "place": the payload laid flat on the table, shifted by :attr:`place_offset`
+        (:func:`warpsim_rl.contact_scenes.cloth_place_target`). Observations report payload
+        positions relative to it (every kind)."""
+        if self.kind == "place":
+            fn = _place_target_function(self.scene.name)
+            out = np.asarray(fn(self.scene, tuple(float(o) for o in self.place_offset)),
+                             dtype=np.float64)[self.payload]
+        else:
+            out = np.asarray(self.rest_positions)[self.payload]
+        out.setflags(write=False)
+        return out
 
     # -- initial states --------------------------------------------------------------------------
     def sample_initial_states(self, n: int, seed=None) -> tuple[np.ndarray, np.ndarray]:
@@ -571,7 +607,24 @@ def _sample(task: Task, n: int, rng: np.random.Generator):
         return np.cos(angle)[:, None] * e1 + np.sin(angle)[:, None] * e2
 
     pos = np.broadcast_to(rest, (n, P, d)).copy()
-    if sc.num_handles == 1:
+    if dist.swing_about == "handle_line":
+        # rigid swing about the line through the handles (they stay put: no spring changes length)
+        handles = sc.handles.astype(np.int64)
+        if d != 3 or len(handles) < 2:
+            raise ValueError(f"{task.name}: swing_about='handle_line' needs a 3D scene with >= 2 handles")
+        a = rest[handles[0]]
+        line = rest[handles[-1]] - a
+        line = line / np.linalg.norm(line)
+        off_line = rest[handles] - a - np.outer((rest[handles] - a) @ line, line)
+        if np.abs(off_line).max() > 1e-9:
+            raise ValueError(f"{task.name}: swing_about='handle_line' needs all handles on one line")
+        axis = np.broadcast_to(line, (n, 3))
+        R = _rotation(3, dist.swing_angle * swing_u, axis)
+        free = sc.free_particles
+        pos[:, free] = a + np.einsum("nij,pj->npi", R, rest[free] - a)
+        pivot = np.full(n, handles[0])
+        omega = (spin_sign * speed)[:, None] * axis
+    elif sc.num_handles == 1:
         h = int(sc.handles[0])
         theta = dist.swing_angle * swing_u
         R = {h: _rotation(d, theta, None if d == 2 else horizontal(swing_dir))}
@@ -630,10 +683,46 @@ _SYSTEM_SETTINGS = {
                         100, 0.4, 0.0, (0.5, 1.5)),
     "rope3d": ("3D rope: 10 × 0.05 kg masses on 0.1 m cable segments below a handle",
                100, 0.4, 0.15, (0.5, 1.5)),
+    "cloth_table": ("3D cloth: 7 × 4 particles (0.1 kg, cable springs) held at two corners above a "
+                    "table, frictional contact", 150, 0.3, 0.0, (0.25, 0.75)),
+    "wall_pendulum2d": ("2D pendulum (pendulum2d) next to a stiff wall at x = 0.4 m (penalty contact)",
+                        100, 0.35, 0.0, (0.5, 2.0)),
 }
+#: Task kinds per system (default: "stop" and "stop-origin").
+_SYSTEM_KINDS = {"cloth_table": ("stop", "place")}
+#: Initial-state swing mode per system (default "handle", see InitialStateDistribution).
+_SYSTEM_SWING = {"cloth_table": "handle_line"}
+#: Offsets (m, per axis) of the initial states, per system and kind (default: 0 for "stop",
+#: _STOP_ORIGIN_OFFSET for "stop-origin"). The wall does not move with the offset, so the
+#: wall pendulum's stays small enough that no state starts in the wall.
+_SYSTEM_OFFSETS = {"wall_pendulum2d": {"stop-origin": 0.05}, "cloth_table": {"place": 0.05}}
+#: Weights per kind before normalisation: (w_p per handle, w_x per payload particle, w_v per
+#: payload particle); w_a = _ACTION_WEIGHT per handle for every kind.
+_KIND_WEIGHTS = {"stop": (0.0, 0.0, 1.0), "stop-origin": (1.0, 1.0, 1.0), "place": (0.0, 1.0, 0.1)}
+_KIND_GOALS = {"stop": ": bring the swinging payload to rest",
+               "stop-origin": ": bring the payload to rest at the origin",
+               "place": ": lay the cloth flat on the table at the target"}
 _ACTION_WEIGHT = 0.01      # w_a per handle
 _STOP_ORIGIN_OFFSET = 0.5  # m, per axis
 _TEST_BED_SEEDS = {name: 1000 + 17 * i for i, name in enumerate(SYSTEMS)}
+
+
+def _place_target_function(scene_name: str):
+    """The function ``(scene, (dx, dz)) -> (n, dim)`` giving the "place" target of a scene."""
+    from .contact_scenes import cloth_place_target
+
+    targets = {"cloth_table": cloth_place_target}
+    if scene_name not in targets:
+        raise ValueError(f"kind 'place' needs a place target; scene {scene_name!r} has none "
+                         f"(scenes with one: {sorted(targets)})")
+    return targets[scene_name]
+
+
+def system_kinds(system: str) -> tuple[str, ...]:
+    """The task kinds registered for ``system`` (``("stop", "stop-origin")`` for most)."""
+    if system not in _SYSTEM_SETTINGS:
+        raise ValueError(f"unknown system {system!r}; known systems: {list(SYSTEMS)}")
+    return _SYSTEM_KINDS.get(system, ("stop", "stop-origin"))
 
 
 def _build_registry() -> dict[str, Task]:
@@ -642,21 +731,20 @@ def _build_registry() -> dict[str, Task]:
         desc, horizon, swing, bend, speed = _SYSTEM_SETTINGS[system]
         sc = load_scene(system)
         sc_h, sc_k = sc.num_handles, len(sc.free_particles)  # weights per handle / payload particle
-        for kind in TASK_KINDS:
-            origin = kind == "stop-origin"
-            w = Weights(w_p=(1.0 / sc_h) if origin else 0.0, w_x=(1.0 / sc_k) if origin else 0.0,
-                        w_v=1.0 / sc_k, w_a=_ACTION_WEIGHT / sc_h)
+        for kind in system_kinds(system):
+            wp_, wx_, wv_ = _KIND_WEIGHTS[kind]
+            w = Weights(w_p=wp_ / sc_h, w_x=wx_ / sc_k, w_v=wv_ / sc_k, w_a=_ACTION_WEIGHT / sc_h)
+            offset = _SYSTEM_OFFSETS.get(system, {}).get(kind, _STOP_ORIGIN_OFFSET if kind == "stop-origin" else 0.0)
             name = f"{system}-{kind}"
             tasks[name] = Task(
                 name=name, scene_name=system, kind=kind, weights=w, horizon=horizon,
-                init=InitialStateDistribution(swing, bend, speed, _STOP_ORIGIN_OFFSET if origin else 0.0),
-                test_bed_seed=_TEST_BED_SEEDS[system] + (1 if origin else 0),
-                description=desc + (": bring the payload to rest at the origin" if origin
-                                    else ": bring the swinging payload to rest"))
+                init=InitialStateDistribution(swing, bend, speed, offset, _SYSTEM_SWING.get(system, "handle")),
+                test_bed_seed=_TEST_BED_SEEDS[system] + TASK_KINDS.index(kind),
+                description=desc + _KIND_GOALS[kind])
     return tasks
 
 
-#: All registered tasks by name (``<system>-stop`` and ``<system>-stop-origin``).
+#: All registered tasks by name, ``<system>-<kind>`` (:func:`system_kinds`).
 TASKS: dict[str, Task] = _build_registry()
 
 
