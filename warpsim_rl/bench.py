@@ -41,11 +41,13 @@ def _random_actions(model, rng, count):
 
 
 def throughput(scene: str, envs: int, steps: int = 100, device=None, dtype="float32", seed: int = 0,
-               scene_params: dict | None = None, repeats: int = 5) -> dict:
+               scene_params: dict | None = None, repeats: int = 5, dense: bool = False) -> dict:
     """Measure env-steps/s of ``steps`` BDF2 steps of ``envs`` environments; the reported rate
     is the median over ``repeats`` timed passes (the machine is a shared VM)."""
     sc = load_scene(scene, **(scene_params or {}))
     model = sc.build(num_envs=envs, device=device, dtype=dtype)
+    if dense:  # the dense Cholesky baseline: the full band
+        model.band = model.num_dofs - 1
     sim = Simulator(model)
     rng = np.random.default_rng(seed)
     # perturb the initial velocities so that Newton has work to do
@@ -92,6 +94,7 @@ def throughput(scene: str, envs: int, steps: int = 100, device=None, dtype="floa
         "particles": model.num_particles,
         "dofs": model.num_dofs,
         "band": model.band,
+        "solver": "dense" if dense else "banded",
         "device": str(dev),
         "dtype": dtype_name(dtype),
         "elapsed_s": elapsed,
@@ -280,8 +283,18 @@ def _plot_compare(env, algos, runs, path):
 
 
 def scaling(envs: int, particles: list[int], steps: int, device=None, dtype="float32") -> dict:
-    rows = [throughput("rope3d", envs, steps, device, dtype, scene_params={"num_particles": n}) for n in particles]
-    return {"benchmark": "scaling", "scene": "rope3d", "envs": envs, "rows": rows}
+    """rope3d throughput per particle count, with the banded solver and with the dense baseline
+    (same kernel, full band) — the measurement behind the choice of the banded Cholesky."""
+    rows = []
+    for n in particles:
+        for dense in (False, True):
+            r = throughput("rope3d", envs, steps, device, dtype, scene_params={"num_particles": n}, repeats=3,
+                           dense=dense)
+            rows.append({"particles": n, "solver": "dense" if dense else "banded", "dofs": r["dofs"],
+                         "band": r["band"], "env_steps_per_s": r["env_steps_per_s"],
+                         "newton_iters_mean": r["newton_iters_mean"]})
+    return {"benchmark": "scaling", "scene": "rope3d", "envs": envs, "steps": steps, "device": str(resolve_device(device)),
+            "dtype": dtype_name(dtype), "rows": rows}
 
 
 def main(argv=None) -> int:
@@ -295,6 +308,7 @@ def main(argv=None) -> int:
     t.add_argument("--device", default="cpu")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--repeats", type=int, default=5, help="timed passes; the median is reported")
+    t.add_argument("--dense", action="store_true", help="dense Cholesky baseline (full band)")
     t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="scene parameter override, e.g. num_particles=20")
     t.add_argument("--json", action="store_true", help="print one JSON object")
@@ -343,7 +357,7 @@ def main(argv=None) -> int:
             k, _, v = kv.partition("=")
             params[k] = json.loads(v)
         out = throughput(args.scene, args.envs, args.steps, args.device, args.dtype, scene_params=params,
-                         repeats=args.repeats)
+                         repeats=args.repeats, dense=args.dense)
     elif args.cmd == "compare":
         out = compare(args.env, args.algos, args.seeds, args.epochs, args.num_envs, args.out, args.eval_every,
                       args.device, args.dtype, args.png)
