@@ -24,7 +24,8 @@ Per environment (one thread), with step ``h``, free-particle positions ``x``:
   (``Simulator.step(check=True)`` rejects such actions before the launch).
 * Start-up: the state carries the BDF2 history (``x_prev``, ``v_prev``). A fresh state gets it
   from the forces at the initial state by Taylor expansion (:func:`startup`), which keeps the
-  method second-order accurate from the first step (``tests/test_physics.py`` measures it).
+  method second-order accurate from the first step (``tests/test_physics.py`` measures it);
+  particles touching geometry at reset start from a rest history (contact is not expanded).
 """
 
 
@@ -541,6 +542,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         x_new: wp.array2d(dtype=vec),
         v_new: wp.array2d(dtype=vec),
         mask: wp.array(dtype=int),
+        no_geometry: wp.array(dtype=int),
         mass: wp.array2d(dtype=dtype),
         free_index: wp.array(dtype=int),
         spring_i: wp.array(dtype=int),
@@ -571,10 +573,13 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         vp: wp.array2d(dtype=vec),
     ):
         """Start a BDF2 history (envs with ``mask[e] != 0``): ``x = x_new``, ``v = v_new`` and, with
-        the acceleration ``a = M^-1 f(x, v) + gravity``, ``x_prev = x - h v + h^2/2 a`` and
-        ``v_prev = v - h a`` (Taylor to O(h^3) and O(h^2): the first step keeps the method's second
-        order). ``f`` is taken from :func:`assemble` at ``x' = y = x`` with ``x_hat = x - v/kappa``
-        (so the damping and friction velocities are ``v``): its gradient is ``-beta M a``."""
+        the acceleration ``a = M^-1 f(x, v) + gravity`` of the spring, damping and gravity forces,
+        ``x_prev = x - h v + h^2/2 a`` and ``v_prev = v - h a`` (Taylor to O(h^3) and O(h^2): the
+        first step keeps the method's second order). ``f`` is taken from :func:`assemble` at
+        ``x' = y = x`` with ``x_hat = x - v/kappa`` (so the damping velocities are ``v``) and no
+        geometry (``no_geometry`` is empty): its gradient is ``-beta M a``. Contact forces are
+        stiff and one-sided, so their Taylor history would be meaningless: a particle within the
+        contact band (``d < width/2``) of some geometry at reset starts with ``a = 0``."""
         e = wp.tid()
         if mask[e] == 0:
             return
@@ -589,13 +594,17 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                     y_t[f * dim + d, e] = x_new[e, p][d]
                     x_hat[f * dim + d, e] = x_new[e, p][d] - v_new[e, p][d] / kappa
         phi, scale, neg = assemble(e, x_new, x_new, y_t, x_hat, v_new, mass, free_index, spring_i, spring_j,
-                                   stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k,
+                                   stiffness, rest, damping, cable, no_geometry, geo_a, geo_b, geo_r, contact_k,
                                    contact_mu, contact_width, contact_eps_v, gravity, h, N, B, PROJECT_ALL, g, H)
         for p in range(free_index.shape[0]):
             f = free_index[p]
             a = vec()
             if f >= 0:
                 a = -get_vec(g, e, f) / (beta * mass[e, p])
+                for k in range(geo_kind.shape[0]):
+                    dist, nrm, C = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], x_new[e, p])
+                    if dist < dtype(0.5) * contact_width:
+                        a = vec()
             xp[e, p] = x_new[e, p] - h * v_new[e, p] + (dtype(0.5) * h * h) * a
             vp[e, p] = v_new[e, p] - h * a
 

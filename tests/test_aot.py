@@ -25,6 +25,7 @@ def _factories():
         for dim in (2, 3):
             out += [("bdf2", f"bdf2_step[{dt},{dim}d]", lambda dt=dt, dim=dim: bdf2_kernels(DTYPES[dt], dim).bdf2_step),
                     ("bdf2", f"potential[{dt},{dim}d]", lambda dt=dt, dim=dim: bdf2_kernels(DTYPES[dt], dim).potential),
+                    ("bdf2", f"startup[{dt},{dim}d]", lambda dt=dt, dim=dim: bdf2_kernels(DTYPES[dt], dim).startup),
                     ("elements", f"spring_eval[{dt},{dim}d]", lambda dt=dt, dim=dim: spring_eval_kernel(DTYPES[dt], dim))]
         out.append(("linalg", f"band_factor_solve[{dt}]", lambda dt=dt: band_factor_solve_kernel(DTYPES[dt])))
     try:
