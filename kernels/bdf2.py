@@ -111,6 +111,14 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                     la.band_add(H, e, B, r * dim + a, c * dim + b, sign * K[a, b])
 
     @wp.func
+    def amax(v: vec):
+        """max_i |v_i| (a norm for round-off estimates, without a square root)."""
+        r = wp.abs(v[0])
+        for d in range(1, dim):
+            r = wp.max(r, wp.abs(v[d]))
+        return r
+
+    @wp.func
     def get_vec(a: wp.array2d(dtype=dtype), e: int, f: int):
         v = vec()
         for d in range(dim):
@@ -207,7 +215,8 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         H: wp.array2d(dtype=dtype),
     ):
         """Incremental potential ``Phi`` at ``xq[e]``, the scale of its round-off error (the sum
-        over its terms of |term gradient| x |position|, to be multiplied by the machine epsilon)
+        over its terms of |term gradient| x |position| in max-norms, to be multiplied by the
+        machine epsilon)
         and ``neg >= 0``, a bound on how far compressed bilateral springs pull the smallest eigenvalue
         of the exact Hessian down (``lambda_min(H) >= lambda_min(H_projected) - neg``, Weyl).
         ``project``: ``PROJECT_NONE`` exact Hessian, ``PROJECT_CONTACT`` exact springs with the
@@ -235,7 +244,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                 m = mass[e, p]
                 r = xq[e, p] - get_vec(y_t, e, f)
                 phi += dtype(0.5) * m * wp.dot(r, r) - beta * m * wp.dot(gravity, r)
-                scale += m * (wp.length(r) + beta * wp.length(gravity)) * wp.length(xq[e, p])
+                scale += m * (amax(r) + beta * amax(gravity)) * amax(xq[e, p])
                 add_vec(g, e, f, m * r - (beta * m) * gravity)
                 for a in range(dim):
                     la.band_add(H, e, B, f * dim + a, f * dim + a, m)
@@ -248,11 +257,16 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             xj = xq[e, pj]
             L = rest[e, s]
             u, gr, K = el.spring_terms(xi, xj, stiffness[e, s], L, cable[s], int(project == PROJECT_ALL))
-            lij = wp.length(xi - xj)
-            if cable[s] == 0 and lij < L:
+            if cable[s] == 0:
                 # compressed bilateral spring: its exact Hessian has the eigenvalue
                 # -2 beta k (L/l - 1) (relative transverse mode); sum them for a Weyl bound
-                neg += dtype(2.0) * beta * stiffness[e, s] * (L / wp.max(lij, dtype(1.0e-30)) - dtype(1.0))
+                # k (1 - L/l): from the trace of the exact block, tr K = k (1 + (dim - 1)(1 - L/l)),
+                # or directly where the block was projected
+                kct = (wp.trace(K) - stiffness[e, s]) / dtype(dim - 1)
+                if project == PROJECT_ALL:
+                    kct = stiffness[e, s] * (dtype(1.0) - L / wp.max(wp.length(xi - xj), dtype(1.0e-30)))
+                if kct < dtype(0.0):
+                    neg -= dtype(2.0) * beta * kct
             c = damping[s]
             if c > dtype(0.0):
                 d0 = x_in[e, pi] - x_in[e, pj]
@@ -269,7 +283,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                     gr += gd
                     K += Kd
             phi += beta * u
-            scale += beta * wp.length(gr) * (wp.length(xi) + wp.length(xj))
+            scale += beta * amax(gr) * (amax(xi) + amax(xj))
             if fi >= 0:
                 add_vec(g, e, fi, beta * gr)
                 add_block(H, e, B, fi, fi, K, beta)
@@ -289,7 +303,7 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
                                                 contact_mu, contact_width, contact_eps_v, kappa,
                                                 int(project != PROJECT_NONE), cap)
                     phi += beta * u
-                    scale += beta * wp.length(gr) * wp.length(xp)
+                    scale += beta * amax(gr) * amax(xp)
                     add_vec(g, e, f, beta * gr)
                     add_block(H, e, B, f, f, K, beta)
         return phi, scale, neg
