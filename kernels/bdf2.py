@@ -218,7 +218,8 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
         over its terms of |term gradient| x |position| in max-norms, to be multiplied by the
         machine epsilon)
         and ``neg >= 0``, a bound on how far compressed bilateral springs pull the smallest eigenvalue
-        of the exact Hessian down (``lambda_min(H) >= lambda_min(H_projected) - neg``, Weyl).
+        of the assembled matrix below that of its fully projected version (Weyl; 0 when
+        ``project == PROJECT_ALL``).
         ``project``: ``PROJECT_NONE`` exact Hessian, ``PROJECT_CONTACT`` exact springs with the
         contact curvature clamped, ``PROJECT_ALL`` PSD-projected springs too;
         writes its gradient into ``g`` and its
@@ -260,11 +261,9 @@ def bdf2_kernels(dtype, dim: int) -> SimpleNamespace:
             if cable[s] == 0:
                 # compressed bilateral spring: its exact Hessian has the eigenvalue
                 # -2 beta k (L/l - 1) (relative transverse mode); sum them for a Weyl bound
-                # k (1 - L/l): from the trace of the exact block, tr K = k (1 + (dim - 1)(1 - L/l)),
-                # or directly where the block was projected
+                # k (1 - L/l) from the trace of the block, tr K = k (1 + (dim - 1)(1 - L/l)); a
+                # projected block gives >= 0, as it should: that matrix is >= M
                 kct = (wp.trace(K) - stiffness[e, s]) / dtype(dim - 1)
-                if project == PROJECT_ALL:
-                    kct = stiffness[e, s] * (dtype(1.0) - L / wp.max(wp.length(xi - xj), dtype(1.0e-30)))
                 if kct < dtype(0.0):
                     neg -= dtype(2.0) * beta * kct
             c = damping[s]
