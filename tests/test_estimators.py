@@ -298,3 +298,70 @@ def test_study_row_and_wall_strike_smoke(tmp_path):
         assert set(r["methods"]) == set(est.METHODS) and r["failed_envs"] == 0
         be.plot_wall([r], str(tmp_path / "w.png"))
         assert "| 1e+04 | aobg |" in be.wall_table([r])
+
+
+def test_first_order_failure_falls_back(monkeypatch):
+    """A backward pass through a non-converged step raises GradientError: FoBG skips the update,
+    AoBG uses ZoBG alone (alpha = 0)."""
+    from warpsim_rl.algos import estimator_pg
+    from warpsim_rl.autodiff import GradientError
+
+    def boom(*a, **k):
+        raise GradientError("backward: cannot differentiate a step that did not converge in env(s) [0]")
+
+    monkeypatch.setattr(estimator_pg, "_output_adjoints", boom)
+    algo, _ = _algo("fobg")
+    before = [p.detach().clone() for p in algo.policy.parameters()]
+    m = algo.train_epoch()
+    assert math.isnan(m["train/grad_norm"]) and m["train/diverged"] == 6
+    assert all(torch.equal(a, b) for a, b in zip(before, algo.policy.parameters()))
+    algo, _ = _algo("aobg")
+    m = algo.train_epoch()
+    assert m["train/alpha"] == 0.0 and math.isfinite(m["train/grad_norm"])
+
+
+def test_study_pool_drops_failed_samples():
+    """Samples whose simulation failed are replaced: ZoBG filters them, FoBG (whose backward pass
+    raises through a failed step) is redone without them; the pool keeps its size."""
+    from warpsim_rl import bench_estimators as be
+    from warpsim_rl.autodiff import GradientError
+
+    class _Raise(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise GradientError("backward: cannot differentiate a step that did not converge")
+
+    class Fake:
+        name, chunk, theta0 = "fake", 64, torch.zeros(2, dtype=D)
+
+        def __init__(self):
+            self.sims = be._SimCache(None)
+
+        def f(self, rows):
+            bad = rows[:, 0] > 0.25  # "Newton failed" for these rows
+            self.last_failed = bad
+            self.sims.failed += int(bad.sum())
+            v = -(rows - 1.0).square().sum(1)
+            return _Raise.apply(v) if bool(bad.any()) and rows.requires_grad else v
+
+    prob = Fake()
+    g = torch.Generator().manual_seed(0)
+    for method in ("zobg", "fobg"):
+        pool = be._pool(prob, 0.2, 300, method, g)
+        assert pool.n == 300 and bool(torch.isfinite(pool.samples).all())
+        truth = torch.full((2,), 2.0, dtype=D)  # grad of -(theta - 1)^2 at 0 (truncation biases it)
+        assert float((pool.grad - truth).norm()) < 1.0
+    assert prob.sims.failed > 0
+
+
+def test_bench_subcommand_is_wired(capsys):
+    from warpsim_rl import bench
+
+    with pytest.raises(SystemExit) as e:
+        bench.main(["estimators", "--help"])
+    assert e.value.code == 0
+    assert "--quick" in capsys.readouterr().out

@@ -59,7 +59,7 @@ import torch
 import warp as wp
 
 from . import estimators as est
-from .autodiff import TorchSimulator
+from .autodiff import GradientError, TorchSimulator
 from .scene import load_scene, scene_names
 from .tasks import Task, make_task, task_names
 
@@ -85,9 +85,12 @@ class _SimCache:
                                            check=False)
         return self._sims[M]
 
-    def count_failures(self, ts: TorchSimulator) -> None:
-        self.failed += int((wp.to_torch(ts.sim.first_failure_step) >= 0).sum())
+    def count_failures(self, ts: TorchSimulator) -> torch.Tensor:
+        """Count the envs that failed in the rollout just run; returns their (M,) bool mask."""
+        mask = (wp.to_torch(ts.sim.first_failure_step) >= 0).clone()
+        self.failed += int(mask.sum())
         ts.sim.clear_failures()
+        return mask
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,14 +137,19 @@ class OpenLoopProblem:
             a = torch.clamp(acts[:, min(t // self.segment, self.num_segments - 1)], -lim, lim)
             s = ts.step(*s, a, validate=False)
             V = V + task.reward(s[0], s[1], a)
-        self.sims.count_failures(ts)
+        self._failed_parts.append(self.sims.count_failures(ts))
         return V
 
     def f(self, rows: torch.Tensor) -> torch.Tensor:
-        """Batch-separable objective on rows (M, P, h*dim) -> (M,), chunked over environments."""
+        """Batch-separable objective on rows (M, P, h*dim) -> (M,), chunked over environments.
+        ``last_failed`` (M,) marks the rows whose Newton solve failed in this call."""
+        self._failed_parts = []
         if rows.shape[0] <= self.chunk:
-            return self._f(rows)
-        return torch.cat([self._f(rows[i:i + self.chunk]) for i in range(0, rows.shape[0], self.chunk)])
+            out = self._f(rows)
+        else:
+            out = torch.cat([self._f(rows[i:i + self.chunk]) for i in range(0, rows.shape[0], self.chunk)])
+        self.last_failed = torch.cat(self._failed_parts)
+        return out
 
 
 @dataclasses.dataclass
@@ -177,8 +185,17 @@ class StrikeProblem:
         return 1
 
     def f(self, rows: torch.Tensor) -> torch.Tensor:
-        if rows.shape[0] > self.chunk:
-            return torch.cat([self.f(rows[i:i + self.chunk]) for i in range(0, rows.shape[0], self.chunk)])
+        """Batch-separable objective on rows (M, 1) -> (M,); ``last_failed`` as in
+        :meth:`OpenLoopProblem.f`."""
+        self._failed_parts = []
+        if rows.shape[0] <= self.chunk:
+            out = self._f(rows)
+        else:
+            out = torch.cat([self._f(rows[i:i + self.chunk]) for i in range(0, rows.shape[0], self.chunk)])
+        self.last_failed = torch.cat(self._failed_parts)
+        return out
+
+    def _f(self, rows: torch.Tensor) -> torch.Tensor:
         M = rows.shape[0]
         ts = self.sims.get(M)
         s = ts.initial_state()
@@ -190,7 +207,7 @@ class StrikeProblem:
             a = push if t < self.push_steps else rest
             s = ts.step(*s, a, validate=False)
             cost = cost + self.effort * a.square().sum((1, 2))
-        self.sims.count_failures(ts)
+        self._failed_parts.append(self.sims.count_failures(ts))
         return -s[1][:, self.bob, 0] - cost
 
 
@@ -234,18 +251,44 @@ def make_problems(quick: bool, horizon: int = 40, segment: int = 10) -> list:
 # Bias / variance at fixed parameters
 # ------------------------------------------------------------------------------------------------
 
-def _pool(prob: OpenLoopProblem, sigma: float, n: int, method: str, gen: torch.Generator,
-          chunk: int | None = None) -> est.Estimate:
-    """``n`` per-sample estimates of ``method`` (``zobg`` or ``fobg``) at ``theta0``, in chunks."""
+def _pool(prob, sigma: float, n: int, method: str, gen: torch.Generator, chunk: int | None = None) -> est.Estimate:
+    """``n`` per-sample estimates of ``method`` (``zobg`` or ``fobg``) at ``theta0``, in chunks.
+
+    Samples whose Newton solve failed are dropped and replaced by fresh ones (counted in
+    ``prob.sims.failed``): ZoBG rows are filtered; a FoBG chunk cannot be backpropagated through a
+    failed step, so it is redone without the failed samples (same noise)."""
     chunk = chunk or prob.chunk
-    rows = []
-    done = 0
-    while done < n:
-        m = min(chunk, n - done)
-        m = max(m, 2)
-        r = est.smoothed_gradient(prob.f, prob.theta0, sigma, m, method, generator=gen)
-        rows.append(r.estimate.samples)
-        done += m
+    theta = prob.theta0
+    rows: list[torch.Tensor] = []
+    have, attempts = 0, 0
+    while have < n:
+        attempts += 1
+        if attempts > 10 * (n // chunk + 1):
+            raise RuntimeError(f"{prob.name}: too many failed simulations while sampling {method}")
+        m = max(min(chunk, n - have), 2)
+        z = torch.randn((m,) + tuple(theta.shape), generator=gen, dtype=theta.dtype)
+        try:
+            r = est.smoothed_gradient(prob.f, theta, sigma, m, method, noise=z)
+        except GradientError:
+            r = None
+        bad = prob.last_failed[:m]
+        if method == "zobg" and bool(prob.last_failed[m]):
+            continue  # the noise-free baseline itself failed: drop the whole chunk
+        if r is not None and not bool(bad.any()):
+            new = r.estimate.samples
+        elif method == "zobg":
+            new = r.estimate.samples[~bad]
+        else:
+            keep = ~bad
+            if int(keep.sum()) < 2:
+                continue
+            try:
+                redo = est.smoothed_gradient(prob.f, theta, sigma, int(keep.sum()), method, noise=z[keep])
+                new = redo.estimate.samples
+            except GradientError:
+                continue
+        rows.append(new)
+        have += int(new.shape[0])
     return est.Estimate(torch.cat(rows)[:n])
 
 
@@ -302,7 +345,8 @@ def study_config(prob: OpenLoopProblem, sigma: float, N: int, R: int, n_ref_fo: 
     res["aobg"]["cases"] = {k: sum(c.case == k for c in choices) for k in ("zero", "interior", "clipped")}
     return {
         "scene": prob.name, "kind": prob.kind, "stiffness": prob.stiffness, "sigma": sigma, "d": prob.dim,
-        "horizon": prob.horizon if isinstance(prob, StrikeProblem) else prob.task.horizon, "segment": prob.segment, "N": N, "R": R, "gamma_rel": gamma_rel,
+        "horizon": prob.horizon if isinstance(prob, StrikeProblem) else prob.task.horizon,
+        "segment": prob.segment, "N": N, "R": R, "gamma_rel": gamma_rel,
         "delta": delta, "reference": use, "n_ref": {"fobg": n_ref_fo, "zobg": n_ref_zo}, "ref_norm": nrm,
         "ref_stderr_rel": ref_se / nrm, "ref_gap_rel": disc / nrm, "ref_z": disc / max(disc_se, 1e-300),
         "estimators": res, "failed_envs": prob.sims.failed, "time_s": time.perf_counter() - t0,
@@ -329,8 +373,8 @@ def study(quick: bool = True, seed: int = 0, progress=None) -> list[dict]:
 #: which still guarantees an ascent direction.
 SIZES = {
     "quick": {"sigmas": (0.1, 0.5), "N": 256, "gamma_rel": 1.0,
-              "planar": {"R": 8, "ref_fo": 8192, "ref_zo": 65536},
-              "rope": {"R": 4, "ref_fo": 1024, "ref_zo": 4096},
+              "planar": {"R": 8, "ref_fo": 4096, "ref_zo": 32768},
+              "rope": {"R": 4, "ref_fo": 512, "ref_zo": 2048},
               "strike": {"R": 8, "ref_fo": 8192, "ref_zo": 32768}},
     "full": {"sigmas": (0.05, 0.1, 0.2, 0.5), "N": 256, "gamma_rel": 1.0,
              "planar": {"R": 32, "ref_fo": 32768, "ref_zo": 262144},
@@ -373,7 +417,14 @@ def wall_strike(stiffness: float, sigma: float, N: int, seeds: int, iters: int, 
         th = torch.full((seeds, 1), float(u0), dtype=DTYPE)
         hist_u, hist_alpha = [th.flatten().clone()], []
         for _ in range(iters):
-            res = est.smoothed_gradients(prob.f, th, sigma, N, method, gamma=gamma, delta=delta, generator=gen)
+            for attempt in range(3):  # a failed Newton solve cannot be differentiated: redraw
+                try:
+                    res = est.smoothed_gradients(prob.f, th, sigma, N, method, gamma=gamma, delta=delta,
+                                                 generator=gen)
+                    break
+                except GradientError:
+                    if attempt == 2:
+                        raise
             g = torch.stack([r.grad for r in res])
             if method == "aobg":
                 hist_alpha.append([r.alpha.alpha for r in res])
@@ -417,11 +468,12 @@ def study_table(rows: list[dict]) -> str:
     """Markdown table of the study: relative bias (noise floor) and relative variance."""
     head = ("| scene | k (N/m) | σ | d | ref | ‖ref‖ | ref z | ZoBG bias (floor) | ZoBG var | FoBG bias (floor) "
             "| FoBG var | AoBG bias (floor) | AoBG var | AoBG ᾱ |")
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         e = r["estimators"]
         k = "—" if r["stiffness"] is None else f"{r['stiffness']:.0e}"
-        cells = [r["scene"], k, f"{r['sigma']:g}", str(r["d"]), r["reference"], f"{r['ref_norm']:.3g}", f"{r['ref_z']:.1f}"]
+        cells = [r["scene"], k, f"{r['sigma']:g}", str(r["d"]), r["reference"], f"{r['ref_norm']:.3g}",
+                 f"{r['ref_z']:.1f}"]
         for m in est.METHODS:
             cells.append(f"{e[m]['bias_rel']:.3f} ({e[m]['bias_floor_rel']:.3f})")
             cells.append(f"{e[m]['var_rel']:.3g}")
@@ -509,7 +561,8 @@ def plot_wall(runs: list[dict], path: str) -> None:
         if "landscape" in r:
             L = r["landscape"]
             ax.plot(L["u"], L["f"], color="k", lw=0.8, label="f(u) (noise-free)")
-            ax.plot(L["u"], L["F"], color="purple", lw=1.5, label=f"F_σ(u), σ={r['sigma']} ({L['grid_samples']} samples)")
+            ax.plot(L["u"], L["F"], color="purple", lw=1.5,
+                    label=f"F_σ(u), σ={r['sigma']} ({L['grid_samples']} samples)")
         for m in est.METHODS:
             d = r["methods"][m]
             ax.scatter(d["u_final"], d["f_final"], color=_COLORS[m], s=18, zorder=3,
@@ -542,6 +595,7 @@ def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bo
         parts=("study", "wall")) -> dict:
     """The whole benchmark; returns one JSON-able dict (plots written under ``plots``)."""
     t0 = time.perf_counter()
+    revision = _git_revision()  # at the start: the tree may change while a long run goes on
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     mode = "quick" if quick else "full"
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
@@ -587,7 +641,21 @@ def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bo
     out["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
     out["warp"] = wp.__version__
     out["torch"] = torch.__version__
+    out["git"] = revision
     return out
+
+
+def _git_revision() -> str:
+    """``<commit>[-dirty]`` of the source tree the benchmark ran from ("" outside a checkout)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True,
+                             timeout=10)
+        return rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
