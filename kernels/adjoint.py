@@ -42,11 +42,11 @@ from .linalg import band_funcs
 
 
 @functools.cache
-def adjoint_kernels(dtype, dim: int) -> SimpleNamespace:
+def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
     el = element_funcs(dtype, dim)
     ct = contact_funcs(dtype, dim)
     la = band_funcs(dtype)
-    bk = bdf2_kernels(dtype, dim)
+    bk = bdf2_kernels(dtype, dim, contact)
     vec = el.vec
     mat = el.mat
 

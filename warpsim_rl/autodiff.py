@@ -46,7 +46,7 @@ class Differentiator:
         self.sim = sim
         m = self.model = sim.model
         E, N, B, d, dt = m.num_envs, m.num_dofs, m.band, m.device, m.dtype
-        self.kernels = adjoint_kernels(dt, m.dim)
+        self.kernels = adjoint_kernels(dt, m.dim, m.num_geometries > 0)
         self._H = scratch_array(N * (B + 1), E, dt, d)
         self._g = scratch_array(N, E, dt, d)
         self._lam = scratch_array(N, E, dt, d)

@@ -175,7 +175,7 @@ class Model:
             self._startup_scratch = [wp.zeros((N, E), dtype=self.dtype, device=d) for _ in range(3)] + [
                 wp.zeros((N * (B + 1), E), dtype=self.dtype, device=d)]
         y_t, x_hat, g, H = self._startup_scratch
-        wp.launch(bdf2_kernels(self.dtype, self.dim).startup, dim=self.num_envs,
+        wp.launch(bdf2_kernels(self.dtype, self.dim, self.num_geometries > 0).startup, dim=self.num_envs,
                   inputs=[x_new, v_new, mask, self._no_geometry, self.mass, self.free_index, self.spring_i, self.spring_j,
                           self.stiffness, self.rest_length, self.damping, self.is_cable, *self.contact_args(),
                           self.gravity, self.dtype(self.dt), self.num_dofs, self.band, y_t, x_hat, g, H],

@@ -62,7 +62,7 @@ class Simulator:
     def __init__(self, model: Model):
         self.model = model
         E, N, B, d, dt = model.num_envs, model.num_dofs, model.band, model.device, model.dtype
-        self.kernels = bdf2_kernels(dt, model.dim)
+        self.kernels = bdf2_kernels(dt, model.dim, model.num_geometries > 0)
         self._H = scratch_array(N * (B + 1), E, dt, d)
         self._g = scratch_array(N, E, dt, d)
         self._dx = scratch_array(N, E, dt, d)
