@@ -326,8 +326,7 @@ def test_jacobians_flag_singular_hessian(device):
     b.set_solver(max_iters=50)
     scene = b.finalize()
     model = scene.build(num_envs=1, device=device, dtype="float64")
-    model_gravity_free = np.zeros(2)
-    model.gravity = model.vec(*model_gravity_free)
+    model.gravity = model.vec(0.0, 0.0)
     sim = ws.Simulator(model)
     diff = Differentiator(sim)
     s0, s1 = model.state(), model.state()
@@ -336,12 +335,12 @@ def test_jacobians_flag_singular_hessian(device):
     A = wp.zeros((1, model.num_state, model.num_state), dtype=wp.float64, device=model.device)
     B = wp.zeros((1, model.num_state, model.num_actions), dtype=wp.float64, device=model.device)
     diff.jacobians(s0.arrays(), c.action, s1.arrays(), A, B)
-    if sim.status.numpy()[0] == 0:
-        with pytest.raises(GradientError, match="not positive definite"):
-            diff.check_ok("jacobians")
-    else:  # the solver itself refused the step: also reported, never silent
-        with pytest.raises(ws.SimulationError):
-            sim.check(last_step_only=True)
+    # the step itself converges (projected-Newton fallback keeps the symmetric solution) ...
+    assert sim.status.numpy()[0] == 0
+    # ... but its exact Hessian is indefinite there: reported, never zeros
+    assert diff.ok.numpy()[0] == 0
+    with pytest.raises(GradientError, match="not positive definite"):
+        diff.check_ok("jacobians")
 
 
 def test_torch_bridge_is_zero_copy_and_validates(device):
