@@ -17,17 +17,25 @@ solution, ``dx'/dq = -H^-1 dR/dq``. The step outputs are ``x'``, ``v'_f = kappa 
 * :func:`bdf2_vjp`: reverse mode. ``lambda = H^-1 (xbar'_f + kappa vbar'_f)``, then
   ``qbar -= (dR/dq)^T lambda`` plus the explicit terms; one factorisation and one solve per env.
   Adjoints are *accumulated* into the ``adj_*`` outputs.
-* :func:`bdf2_jacobian`: forward mode into dense per-env matrices ``A = ds'/ds``, ``B = ds'/da`` (which
-  the caller zeroes before the launch, a bulk memset) on
+* :func:`bdf2_jacobian`: forward mode into dense per-env matrices ``A = ds'/ds``, ``B = ds'/da`` on
   the Markov state ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (free particles' positions,
   velocities and BDF2 history, then handle positions; each block flattened particle-major).
   Handle velocities and handle history are not part of ``s``: they never influence later steps.
-  One factorisation and ``ns + na`` solves per env. ``has_lagged`` (damping or friction present)
-  enables the columns of the previous free positions ``x_f``/``x_prev_f`` beyond the inertial ones.
+  One factorisation and the inverse ``W = H^-1`` per env (about ``N^2 B`` multiply-adds, into a
+  scratch): the inertial part of ``dR/dq`` is ``-M`` times constants, so most of ``A`` is ``W M``
+  scaled; the other terms of ``dR/dq`` (handle springs, damping, friction) are sparse
+  ``dim x dim`` blocks, each answered by a product with ``dim`` columns of ``W``. The kernel
+  writes every entry of ``A`` and ``B``, zeros included, so the caller need not clear them
+  (writing the output is a large part of the cost; clearing it with a bulk memset first measured
+  no cheaper): the rows of ``x'_f``/``v'_f`` once and then the few entries the sparse terms
+  update, the other rows once.
 
 The clip of the action has derivative 1 strictly inside the limits and 0 outside (and on an axis
 whose limit is 0). Both kernels set ``ok[e] = 0`` when the exact Hessian is not positive definite
-at the solution (the step is then not differentiable by this method).
+at the solution (the step is then not differentiable by this method; the Jacobians are zero there).
+
+The Jacobian kernel's hot loops with run-time trip counts are ``while`` loops, which Warp's CPU
+backend compiles to tighter code than ``for ... in range(n)`` (see ``linalg.py``).
 """
 
 import functools
@@ -38,7 +46,7 @@ import warp as wp
 from .bdf2 import bdf2_kernels
 from .contact import contact_funcs
 from .elements import element_funcs
-from .linalg import band_funcs
+from .linalg import band_funcs, band_inverse_func
 
 
 @functools.cache
@@ -46,6 +54,7 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
     el = element_funcs(dtype, dim)
     ct = contact_funcs(dtype, dim)
     la = band_funcs(dtype)
+    band_inverse = band_inverse_func(dtype, dim)
     bk = bdf2_kernels(dtype, dim, contact)
     vec = el.vec
     mat = el.mat
@@ -61,9 +70,12 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
 
     @wp.func
     def damping_active(x_in: wp.array2d(dtype=vec), e: int, pi: int, pj: int, c: dtype, L: dtype, cable: int):
-        d0 = x_in[e, pi] - x_in[e, pj]
-        l0 = wp.length(d0)
-        return c > dtype(0.0) and (cable == 0 or l0 > L) and l0 > dtype(0.0)
+        """Whether a spring's damper acts in this step: damped, taut if a cable, and of non-zero
+        length at the start of the step (where its direction is taken)."""
+        if not (c > dtype(0.0)):
+            return False
+        l0 = wp.length(x_in[e, pi] - x_in[e, pj])
+        return (cable == 0 or l0 > L) and l0 > dtype(0.0)
 
     @wp.func
     def end_velocity(e: int, p: int, f: int, xq: wp.array2d(dtype=vec), x_hat: wp.array2d(dtype=dtype),
@@ -289,13 +301,6 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             adj_action[e, kk] = adj_action[e, kk] + wp.cw_mul(mk, h * axh + adj_vh[e, p])
 
     @wp.func
-    def add_jac_block(M: wp.array3d(dtype=dtype), e: int, row: int, col: int, K: mat, scale: vec):
-        """``M[e, row + a, col + b] += K[a, b] * scale[b]``."""
-        for a in range(dim):
-            for b in range(dim):
-                M[e, row + a, col + b] = M[e, row + a, col + b] + K[a, b] * scale[b]
-
-    @wp.func
     def pos_column(N: int, f: int, kh: int):
         """Column of a particle's position in the Markov state (free block or handle block)."""
         if f >= 0:
@@ -303,17 +308,63 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         return 4 * N + kh * dim
 
     @wp.func
-    def solve_negated_column(H: wp.array2d(dtype=dtype), e: int, N: int, B: int, M: wp.array3d(dtype=dtype),
-                             col: int):
-        """``M[e, :N, col] <- -H^-1 M[e, :N, col]``; skips (returns 0) an all-zero column."""
-        nz = int(0)
-        for i in range(N):
-            if M[e, i, col] != dtype(0.0):
-                nz = 1
-            M[e, i, col] = -M[e, i, col]
-        if nz != 0:
-            la.band_solve_rows(H, e, N, B, M, 0, col, 0)
-        return nz
+    def zero_row(M: wp.array3d(dtype=dtype), e: int, row: int, c0: int, c1: int):
+        """``M[e, row, c0:c1] = 0``."""
+        c = c0
+        while c < c1:
+            M[e, row, c] = dtype(0.0)
+            c += 1
+
+    @wp.func
+    def w_block(W: wp.array2d(dtype=dtype), e: int, N: int, i: int, f: int):
+        """Row ``i`` of the ``dim`` columns of ``W`` (``(N * N, E)``, ``band_inverse``) that
+        belong to free particle ``f``."""
+        r = vec()
+        for d in range(dim):
+            r[d] = W[i * N + f * dim + d, e]
+        return r
+
+    @wp.func
+    def add_solved_block(W: wp.array2d(dtype=dtype), e: int, N: int, kappa: dtype, M: wp.array3d(dtype=dtype),
+                         fa: int, fb: int, col: int, K: mat, scale: vec):
+        """Response of the free rows to one block of ``dR/dq``: ``K diag(scale)`` in the residual
+        rows of free particle ``fa`` and its negative in those of ``fb`` (a negative index: no such
+        rows), columns ``col .. col + dim - 1``. As ``dx'_f/dq = -W dR/dq`` (``W = H^-1``), the
+        position rows ``0..N-1`` of ``M`` get ``-(W_fa - W_fb) K diag(scale)`` added (``W_f``: the
+        columns of ``W`` of particle ``f``) and the velocity rows ``N..2N-1`` kappa times that."""
+        i = int(0)
+        while i < N:
+            wd = vec()
+            if fa >= 0:
+                wd = w_block(W, e, N, i, fa)
+            if fb >= 0:
+                wd = wd - w_block(W, e, N, i, fb)
+            t = wp.cw_mul(wp.transpose(K) * wd, scale)
+            for b in range(dim):
+                M[e, i, col + b] = M[e, i, col + b] - t[b]
+                M[e, N + i, col + b] = M[e, N + i, col + b] - kappa * t[b]
+            i += 1
+
+    @wp.func
+    def add_handle_coupling(W: wp.array2d(dtype=dtype), e: int, N: int, kappa: dtype, beta: dtype, h: dtype,
+                            A: wp.array3d(dtype=dtype), Bm: wp.array3d(dtype=dtype), f: int, kh: int, K: mat,
+                            mk: vec):
+        """Response to a spring (stiffness block ``K``) between free particle ``f`` and handle
+        ``kh``: ``dR_f/dx'_h = -beta K`` with ``x'_h = x_h + h clip(a_kh)``, so the columns of
+        ``x_h`` in ``A`` get ``beta W_f K`` and those of ``a_kh`` in ``B`` that times
+        ``h clip'(a_kh)`` (``mk``); position rows, the velocity rows kappa times that."""
+        ca = 4 * N + kh * dim
+        cb = kh * dim
+        i = int(0)
+        while i < N:
+            t = beta * (wp.transpose(K) * w_block(W, e, N, i, f))
+            tb = h * wp.cw_mul(t, mk)
+            for b in range(dim):
+                A[e, i, ca + b] = A[e, i, ca + b] + t[b]
+                A[e, N + i, ca + b] = A[e, N + i, ca + b] + kappa * t[b]
+                Bm[e, i, cb + b] = Bm[e, i, cb + b] + tb[b]
+                Bm[e, N + i, cb + b] = Bm[e, N + i, cb + b] + kappa * tb[b]
+            i += 1
 
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_jacobian(
@@ -345,18 +396,19 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         h: dtype,
         N: int,
         B: int,
-        has_lagged: int,
         x_out: wp.array2d(dtype=vec),
         v_out: wp.array2d(dtype=vec),
         H: wp.array2d(dtype=dtype),
         g: wp.array2d(dtype=dtype),
         y_t: wp.array2d(dtype=dtype),
         x_hat: wp.array2d(dtype=dtype),
+        W: wp.array2d(dtype=dtype),
         A: wp.array3d(dtype=dtype),
         Bm: wp.array3d(dtype=dtype),
         ok: wp.array(dtype=int),
     ):
         e = wp.tid()
+        n = free_index.shape[0]
         ns = A.shape[1]
         na = Bm.shape[2]
         beta = dtype(4.0) * h * h / dtype(9.0)
@@ -372,26 +424,69 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                             contact_width, contact_eps_v, gravity, h, N, B, y_t, x_hat, g, H)
         ok[e] = good
         if good == 0:
+            # not differentiable by this method: zeros rather than whatever the buffers held
+            for r in range(ns):
+                zero_row(A, e, r, 0, ns)
+                zero_row(Bm, e, r, 0, na)
             return
-        # rows 0..N-1 first hold the non-inertial part of dR/dq (handle couplings, damping, friction)
+        band_inverse(H, e, N, B, W)
+        # Rows of x'_f (0..N-1) and v'_f (N..2N-1), inertial part: dR/dy = -M with
+        # y = 4/3 x - 1/3 xp + 2h/3 (4/3 v - 1/3 vp), so the columns of x, v, xp, vp are multiples of
+        # W M; v'_f = kappa (x'_f - x_hat_f) with x_hat = 4/3 x - 1/3 xp. The handle and action
+        # columns start at zero.
+        i = int(0)
+        while i < N:
+            p = int(0)
+            while p < n:
+                f = free_index[p]
+                if f >= 0:
+                    wm = mass[e, p] * w_block(W, e, N, i, f)
+                    x0 = c43 * wm
+                    x1 = c23h * x0
+                    x2 = -c13 * wm
+                    x3 = c23h * x2
+                    for d in range(dim):
+                        j = f * dim + d
+                        A[e, i, j] = x0[d]
+                        A[e, i, N + j] = x1[d]
+                        A[e, i, 2 * N + j] = x2[d]
+                        A[e, i, 3 * N + j] = x3[d]
+                        A[e, N + i, j] = kappa * x0[d]
+                        A[e, N + i, N + j] = kappa * x1[d]
+                        A[e, N + i, 2 * N + j] = kappa * x2[d]
+                        A[e, N + i, 3 * N + j] = kappa * x3[d]
+                p += 1
+            # v'_f's explicit dependence on x_hat
+            A[e, N + i, i] = A[e, N + i, i] - kappa * c43
+            A[e, N + i, 2 * N + i] = A[e, N + i, 2 * N + i] + kappa * c13
+            k = int(0)
+            while k < na:  # the handle columns of A are as many as the action columns
+                A[e, i, 4 * N + k] = dtype(0.0)
+                A[e, N + i, 4 * N + k] = dtype(0.0)
+                Bm[e, i, k] = dtype(0.0)
+                Bm[e, N + i, k] = dtype(0.0)
+                k += 1
+            i += 1
+        # ... plus the response -W dR/dq to the other, sparse, terms of dR/dq: handle couplings,
+        # damping and friction
         for s in range(spring_i.shape[0]):
             pi = spring_i[s]
             pj = spring_j[s]
             fi = free_index[pi]
             fj = free_index[pj]
+            if fi < 0 and fj < 0:
+                continue
             L = rest[e, s]
-            u, G, K = el.spring_terms(x_out[e, pi], x_out[e, pj], stiffness[e, s], L, cable[s], 0)
-            # a handle end moves the other (free) end's residual by -beta K through x'_h = x_h + h clip(a)
-            if fi < 0 and fj >= 0:
-                kh = handle_index[pi]
-                add_jac_block(A, e, fj * dim, 4 * N + kh * dim, K, -beta * one)
-                add_jac_block(Bm, e, fj * dim, kh * dim, K,
-                              -(beta * h) * clip_mask(action[e, kh], velocity_limit[kh]))
-            if fj < 0 and fi >= 0:
-                kh = handle_index[pj]
-                add_jac_block(A, e, fi * dim, 4 * N + kh * dim, K, -beta * one)
-                add_jac_block(Bm, e, fi * dim, kh * dim, K,
-                              -(beta * h) * clip_mask(action[e, kh], velocity_limit[kh]))
+            if fi < 0 or fj < 0:
+                u, G, K = el.spring_terms(x_out[e, pi], x_out[e, pj], stiffness[e, s], L, cable[s], 0)
+                if fi < 0:
+                    kh = handle_index[pi]
+                    add_handle_coupling(W, e, N, kappa, beta, h, A, Bm, fj, kh, K,
+                                        clip_mask(action[e, kh], velocity_limit[kh]))
+                else:
+                    kh = handle_index[pj]
+                    add_handle_coupling(W, e, N, kappa, beta, h, A, Bm, fi, kh, K,
+                                        clip_mask(action[e, kh], velocity_limit[kh]))
             c = damping[s]
             if damping_active(x_in, e, pi, pj, c, L, cable[s]):
                 d0 = x_in[e, pi] - x_in[e, pj]
@@ -400,112 +495,49 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 vj = end_velocity(e, pj, fj, x_out, x_hat, v_out, kappa)
                 P = el.damping_direction_jacobian(vi - vj, d0, c)
                 uu = wp.outer(ud, ud)
-                # R_i += beta Gd (if i free), R_j -= beta Gd (if j free); loop over the two rows
-                for side in range(2):
-                    fr = fi
-                    sgn = beta
-                    if side == 1:
-                        fr = fj
-                        sgn = -beta
-                    if fr >= 0:
-                        row = fr * dim
-                        # x_hat of free ends (x_hat = 4/3 x - 1/3 xp)
-                        if fi >= 0:
-                            add_jac_block(A, e, row, fi * dim, uu, -(sgn * c * kappa * c43) * one)
-                            add_jac_block(A, e, row, 2 * N + fi * dim, uu, (sgn * c * kappa * c13) * one)
-                        else:
-                            kh = handle_index[pi]
-                            add_jac_block(Bm, e, row, kh * dim, uu,
-                                          (sgn * c) * clip_mask(action[e, kh], velocity_limit[kh]))
-                        if fj >= 0:
-                            add_jac_block(A, e, row, fj * dim, uu, (sgn * c * kappa * c43) * one)
-                            add_jac_block(A, e, row, 2 * N + fj * dim, uu, -(sgn * c * kappa * c13) * one)
-                        else:
-                            kh = handle_index[pj]
-                            add_jac_block(Bm, e, row, kh * dim, uu,
-                                          -(sgn * c) * clip_mask(action[e, kh], velocity_limit[kh]))
-                        # damping direction from the positions at the start of the step
-                        add_jac_block(A, e, row, pos_column(N, fi, handle_index[pi]), P, sgn * one)
-                        add_jac_block(A, e, row, pos_column(N, fj, handle_index[pj]), P, -sgn * one)
+                # R_i += beta Gd (if i free), R_j -= beta Gd (if j free): rows fi (+) and fj (-).
+                # Gd depends on the x_hat of free ends (x_hat = 4/3 x - 1/3 xp), on the velocity
+                # of handle ends and, through its direction, on the positions at the start of the step
+                cx = beta * c * kappa
+                if fi >= 0:
+                    add_solved_block(W, e, N, kappa, A, fi, fj, fi * dim, uu, -(cx * c43) * one)
+                    add_solved_block(W, e, N, kappa, A, fi, fj, 2 * N + fi * dim, uu, (cx * c13) * one)
+                else:
+                    kh = handle_index[pi]
+                    add_solved_block(W, e, N, kappa, Bm, fi, fj, kh * dim, uu,
+                                     (beta * c) * clip_mask(action[e, kh], velocity_limit[kh]))
+                if fj >= 0:
+                    add_solved_block(W, e, N, kappa, A, fi, fj, fj * dim, uu, (cx * c43) * one)
+                    add_solved_block(W, e, N, kappa, A, fi, fj, 2 * N + fj * dim, uu, -(cx * c13) * one)
+                else:
+                    kh = handle_index[pj]
+                    add_solved_block(W, e, N, kappa, Bm, fi, fj, kh * dim, uu,
+                                     -(beta * c) * clip_mask(action[e, kh], velocity_limit[kh]))
+                add_solved_block(W, e, N, kappa, A, fi, fj, pos_column(N, fi, handle_index[pi]), P, beta * one)
+                add_solved_block(W, e, N, kappa, A, fi, fj, pos_column(N, fj, handle_index[pj]), P, -beta * one)
         # lagged friction of the free particles: R_f += beta Gf(x', x_hat, x), x_hat = 4/3 x - 1/3 xp
-        if has_lagged != 0 and has_friction(contact_mu, e) != 0:
-            for p in range(free_index.shape[0]):
+        if has_friction(contact_mu, e) != 0:
+            for p in range(n):
                 f = free_index[p]
                 if f >= 0:
                     vel = kappa * (x_out[e, p] - bk.get_vec(x_hat, e, f))
                     Kv, J0 = friction_partials(e, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
                                                contact_mu, contact_width, contact_eps_v, kappa)
-                    add_jac_block(A, e, f * dim, f * dim, J0 - c43 * Kv, beta * one)
-                    add_jac_block(A, e, f * dim, 2 * N + f * dim, Kv, (beta * c13) * one)
-        # dx'_f/dq = -H^-1 dR/dq for the non-zero columns of that part (without damping or friction
-        # only the handle columns can be non-zero); the velocity rows follow from v'_f = kappa (x'_f - x_hat_f)
-        col0 = 4 * N
-        if has_lagged != 0:
-            col0 = 0
-        for col in range(col0, ns):
-            if solve_negated_column(H, e, N, B, A, col) != 0 and col >= 4 * N:
-                for i in range(N):
-                    A[e, N + i, col] = kappa * A[e, i, col]
-        if has_lagged != 0:
-            for col in range(na):
-                if solve_negated_column(H, e, N, B, Bm, col) != 0:
-                    for i in range(N):
-                        Bm[e, N + i, col] = kappa * Bm[e, i, col]
-        else:
-            # without damping an action only acts through x'_h = x_h + h clip(a): B = A[:, x_h] h clip'
-            for kk in range(handle_particle.shape[0]):
-                mk = clip_mask(action[e, kk], velocity_limit[kk])
-                for d in range(dim):
-                    for i in range(2 * N):
-                        Bm[e, i, kk * dim + d] = A[e, i, 4 * N + kk * dim + d] * h * mk[d]
-        # ... plus the inertial part: dR/dy = -M with y = 4/3 x - 1/3 xp + 2h/3 (4/3 v - 1/3 vp), so
-        # its columns are multiples of W = H^-1 M (N solves). W is parked in rows N..2N-1, columns
-        # 0..N-1, each entry read once just before the velocity rows overwrite it.
-        for j in range(N):
-            for i in range(N):
-                A[e, N + i, j] = dtype(0.0)
-            A[e, N + j, j] = dtype(1.0)
-            la.band_solve_rows(H, e, N, B, A, N, j, j)
-        for p in range(free_index.shape[0]):
-            f = free_index[p]
-            if f >= 0:
-                m = mass[e, p]
-                for d in range(dim):
-                    j = f * dim + d
-                    for i in range(N):
-                        w = m * A[e, N + i, j]
-                        x0 = c43 * w
-                        x1 = (c23h * c43) * w
-                        x2 = -c13 * w
-                        x3 = -(c23h * c13) * w
-                        if has_lagged != 0:
-                            x0 += A[e, i, j]
-                            x1 += A[e, i, N + j]
-                            x2 += A[e, i, 2 * N + j]
-                            x3 += A[e, i, 3 * N + j]
-                        A[e, i, j] = x0
-                        A[e, i, N + j] = x1
-                        A[e, i, 2 * N + j] = x2
-                        A[e, i, 3 * N + j] = x3
-                        # v'_f = kappa (x'_f - x_hat_f), x_hat = 4/3 x - 1/3 xp
-                        y0 = kappa * x0
-                        y2 = kappa * x2
-                        if i == j:
-                            y0 -= kappa * c43
-                            y2 += kappa * c13
-                        A[e, N + i, j] = y0
-                        A[e, N + i, N + j] = kappa * x1
-                        A[e, N + i, 2 * N + j] = y2
-                        A[e, N + i, 3 * N + j] = kappa * x3
-        # x_prev'_f = x_f; v_prev'_f = v_f
-        for r in range(N):
-            A[e, 2 * N + r, r] = dtype(1.0)
-            A[e, 3 * N + r, N + r] = dtype(1.0)
-        # handles: x'_h = x_h + h clip(a)
+                    add_solved_block(W, e, N, kappa, A, f, -1, f * dim, J0 - c43 * Kv, beta * one)
+                    add_solved_block(W, e, N, kappa, A, f, -1, 2 * N + f * dim, Kv, (beta * c13) * one)
+        # x_prev'_f = x_f, v_prev'_f = v_f, x'_h = x_h + h clip(a)
+        r = 2 * N
+        while r < ns:
+            zero_row(A, e, r, 0, ns)
+            zero_row(Bm, e, r, 0, na)
+            if r < 4 * N:
+                A[e, r, r - 2 * N] = dtype(1.0)
+            else:
+                A[e, r, r] = dtype(1.0)
+            r += 1
         for kk in range(handle_particle.shape[0]):
             mk = clip_mask(action[e, kk], velocity_limit[kk])
             for d in range(dim):
-                A[e, 4 * N + kk * dim + d, 4 * N + kk * dim + d] = dtype(1.0)
                 Bm[e, 4 * N + kk * dim + d, kk * dim + d] = h * mk[d]
 
     return SimpleNamespace(bdf2_vjp=bdf2_vjp, bdf2_jacobian=bdf2_jacobian)

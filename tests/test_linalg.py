@@ -1,14 +1,17 @@
-"""Per-environment banded Cholesky (``band_factor_solve_kernel``) against numpy.
+"""Per-environment banded Cholesky (``band_factor_solve_kernel``) and inverse
+(``band_inverse_func``) against numpy.
 
 Storage (kernels/linalg.py): ``A[i, j]`` (``j <= i <= j + B``) at ``H[i * (B + 1) + (i - j), e]``,
 ``H`` of shape ``(N * (B + 1), E)``; right-hand sides ``(N, E)``.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import warp as wp
 
-from warpsim_rl.kernels.linalg import band_factor_solve_kernel
+from warpsim_rl.kernels.linalg import band_factor_solve_kernel, band_funcs, band_inverse_func
 
 DTYPES = {"float32": (wp.float32, np.float32), "float64": (wp.float64, np.float64)}
 
@@ -122,3 +125,47 @@ def test_band_not_positive_definite(device, dtype, rng):
     x_ref = np.linalg.solve(A[0], rhs[0])
     eps = np.finfo(DTYPES[dtype][1]).eps
     np.testing.assert_allclose(x[0], x_ref, rtol=0, atol=1e3 * eps * np.abs(x_ref).max())
+
+
+@functools.cache
+def _factor_inverse_kernel(wdt, block):
+    la = band_funcs(wdt)
+    band_inverse = band_inverse_func(wdt, block)
+
+    @wp.kernel(enable_backward=False, module="unique")
+    def factor_inverse(N: int, B: int, H: wp.array2d(dtype=wdt), W: wp.array2d(dtype=wdt),
+                       ok: wp.array(dtype=int)):
+        e = wp.tid()
+        ok[e] = la.band_cholesky(H, e, N, B)
+        if ok[e] != 0:
+            band_inverse(H, e, N, B, W)
+
+    return factor_inverse
+
+
+INVERSE_CASES = [(N, B, block) for N, B in CASES + [(6, 5), (18, 5), (24, 3)] for block in (1, 2, 3)
+                 if N % block == 0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N,B,block", INVERSE_CASES)
+def test_band_inverse_matches_numpy(device, dtype, N, B, block, rng):
+    """``band_inverse`` writes the whole inverse of the factored matrix, exactly symmetric, for
+    column blocks of 1 (scalar), 2 or 3 (a 2D or 3D particle's DOFs)."""
+    wdt, ndt = DTYPES[dtype]
+    E = 3
+    A = random_spd_banded(rng, E, N, B)
+    Hb = to_band(A, B)
+    for i in range(min(N, B)):  # unused slots of the first rows: never read
+        Hb[i * (B + 1) + i + 1:(i + 1) * (B + 1)] = np.nan
+    H = wp.array(Hb.astype(ndt), dtype=wdt, device=device)
+    W = wp.full((N * N, E), np.nan, dtype=wdt, device=device)
+    ok = wp.full(E, -1, dtype=wp.int32, device=device)
+    wp.launch(_factor_inverse_kernel(wdt, block), dim=E, device=device, inputs=[N, B, H, W, ok])
+    np.testing.assert_array_equal(ok.numpy(), 1)
+    Winv = W.numpy().T.reshape(E, N, N).astype(np.float64)
+    W_ref = np.linalg.inv(A)
+    eps = np.finfo(ndt).eps
+    tol = 4 * N * eps * np.linalg.cond(A).max()  # as for the solves
+    assert np.max(np.abs(Winv - W_ref)) <= tol * np.abs(W_ref).max()
+    np.testing.assert_array_equal(Winv, np.swapaxes(Winv, 1, 2))

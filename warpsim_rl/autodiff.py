@@ -52,6 +52,7 @@ class Differentiator:
         self._lam = scratch_array(N, E, dt, d)
         self._y = scratch_array(N, E, dt, d)
         self._xhat = scratch_array(N, E, dt, d)
+        self._W = None  # (N * N, E) inverse of the Hessian, allocated by the first jacobians()
         self._adj_xh = wp.zeros((E, m.num_particles), dtype=m.vec, device=d)
         self._adj_vh = wp.zeros((E, m.num_particles), dtype=m.vec, device=d)
         self.ok = wp.zeros(E, dtype=wp.int32, device=d)
@@ -76,18 +77,19 @@ class Differentiator:
     def jacobians(self, arrays_in, action, arrays_out, A: wp.array, B: wp.array,
                   stiffness=None, mass=None) -> None:
         """Write ``A = ds'/ds`` (E, ns, ns) and ``B = ds'/da`` (E, ns, na) on the Markov state
-        ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (``model.num_state``; docs/api.md)."""
+        ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (``model.num_state``; docs/api.md). Every
+        entry is written (the buffers need no zeroing); envs whose exact Hessian does not
+        factorise (``ok[e] == 0``) get zeros."""
         m = self.model
-        A.zero_()
-        B.zero_()
+        if self._W is None:
+            self._W = scratch_array(m.num_dofs * m.num_dofs, m.num_envs, m.dtype, m.device)
         wp.launch(
             self.kernels.bdf2_jacobian, dim=m.num_envs,
             inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_index,
                     m.handle_particle, m.velocity_limit, m.spring_i, m.spring_j,
                     m.stiffness if stiffness is None else stiffness, m.rest_length, m.damping, m.is_cable,
-                    *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs, m.band,
-                    int(m.has_damping or m.has_friction), arrays_out[0], arrays_out[1],
-                    self._H, self._g, self._y, self._xhat],
+                    *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs, m.band, arrays_out[0],
+                    arrays_out[1], self._H, self._g, self._y, self._xhat, self._W],
             outputs=[A, B, self.ok],
             device=m.device,
         )
