@@ -21,6 +21,7 @@ import sys
 import tomllib
 
 from warpsim_rl.algos import ALGORITHMS, TrainConfig
+from warpsim_rl.algos.base import LR_SCHEDULES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,11 +34,16 @@ def _parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         if name == "hidden":
             p.add_argument(flag, type=int, nargs="+", default=None, help="policy MLP widths")
+        elif isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default: {f.default!r})")
         else:
             typ = type(f.default)
             extra = {}
             if name == "algo":
                 extra["choices"] = sorted(ALGORITHMS)
+            elif name == "lr_schedule":
+                extra["choices"] = LR_SCHEDULES
             p.add_argument(flag, type=typ, default=None, help=f"(default: {f.default!r})", **extra)
     return p
 

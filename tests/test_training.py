@@ -104,22 +104,105 @@ def _files(out):
     return {p.name: p.stat().st_mtime_ns for p in Path(out).iterdir()}
 
 
-def test_resume_continues_bit_identically(tmp_path):
+class _Crash(Exception):
+    pass
+
+
+def test_resume_continues_bit_identically(tmp_path, monkeypatch):
+    """A run killed during epoch 3 and resumed from its epoch-2 checkpoint ends bit-identical to
+    an uninterrupted run (weights, observation statistics, optimiser, lr schedule, metrics)."""
     base = dict(env="pendulum2d-stop", algo="pods2", num_envs=16, horizon=20, regression_steps=5,
-                eval_every=0, usd_envs=0)
-    train(TrainConfig(**base, epochs=4, out=str(tmp_path / "straight")), progress=False)
-    train(TrainConfig(**base, epochs=2, out=str(tmp_path / "split")), progress=False)
-    train(TrainConfig(), resume=str(tmp_path / "split"), epochs=4, progress=False)
+                eval_every=0, usd_envs=0, epochs=4)
+    train(TrainConfig(**base, out=str(tmp_path / "straight")), progress=False)
+    from warpsim_rl.algos import PODS
+
+    cls = PODS
+    original = cls.train_epoch
+    calls = []
+
+    def crashing(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise _Crash
+        return original(self)
+
+    monkeypatch.setattr(cls, "train_epoch", crashing)
+    with pytest.raises(_Crash):
+        train(TrainConfig(**base, out=str(tmp_path / "split")), progress=False)
+    monkeypatch.setattr(cls, "train_epoch", original)
+    assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    train(TrainConfig(), resume=str(tmp_path / "split"), progress=False)
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 4
     for k, v in a["algorithm"]["policy"].items():
         assert torch.equal(v, b["algorithm"]["policy"][k]), k
     # training metrics identical (the split run also evaluated at its end, epoch 2)
+    for k, v in a["algorithm"]["optimizer"]["state"].items():
+        assert torch.equal(v["exp_avg"], b["algorithm"]["optimizer"]["state"][k]["exp_avg"]), k
+    assert a["history"][-1]["epoch"] == b["history"][-1]["epoch"] == 4
+
     def train_rows(hist):
         return [{k: v for k, v in h.items() if not k.startswith(("time/", "eval/"))} for h in hist]
 
     assert train_rows(a["history"]) == train_rows(b["history"])
+
+
+def test_observation_normalizer_matches_batch_statistics():
+    from warpsim_rl.algos.policy import MLPPolicy, ObservationNormalizer
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc=[0.0, 3.0, -1.0], scale=[0.01, 2.0, 0.5], size=(n, 3)) for n in (5, 100, 37)]
+    norm = ObservationNormalizer(3, min_std=0.05, clip=4.0).double()
+    for b in batches:
+        norm.update(torch.tensor(b))
+    full = np.concatenate(batches)
+    np.testing.assert_allclose(norm.mean.numpy(), full.mean(0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(norm.var.numpy(), full.var(0), rtol=1e-10)
+    assert float(norm.count) == len(full)
+    obs = torch.tensor([[1.0, 3.0, -1.0], [0.0, 100.0, 0.0]], dtype=torch.float64)
+    z = norm(obs)
+    std = np.maximum(full.std(0), 0.05)  # the first feature's std (0.01) is floored
+    expect = np.clip((obs.numpy() - full.mean(0)) / std, -4.0, 4.0)
+    np.testing.assert_allclose(z.numpy(), expect, rtol=1e-9)
+    # forward passes never change the statistics; they are part of the state dict
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    norm(torch.tensor(full))
+    assert all(torch.equal(before[k], v) for k, v in norm.state_dict().items())
+    pol = MLPPolicy(3, 2, torch.ones(2), normalize=True)
+    assert {"normalizer.mean", "normalizer.var", "normalizer.count"} <= set(pol.state_dict())
+    pol.observe(torch.tensor(full, dtype=torch.float32))
+    assert float(pol.normalizer.count) == len(full)
+    plain = MLPPolicy(3, 2, torch.ones(2), normalize=False)
+    plain.observe(torch.ones(4, 3))  # a no-op
+    x = torch.randn(4, 3)
+    assert torch.equal(plain(x), 1.0 * torch.tanh(plain.net(x)))
+
+
+@pytest.mark.parametrize("algo, schedule, expected", [
+    ("pods2", "", [1.0, 0.75, 0.5, 0.25]),      # PODS' default: linear decay to 0
+    ("bptt", "", [1.0, 1.0, 1.0, 1.0]),          # BPTT's default: constant
+    ("bptt", "linear", [1.0, 0.75, 0.5, 0.25]),
+    ("pods1", "constant", [1.0, 1.0, 1.0, 1.0]),
+])
+def test_learning_rate_schedule(algo, schedule, expected):
+    cfg = TrainConfig(algo=algo, epochs=4, num_envs=2, lr=0.02, lr_schedule=schedule)
+    alg = ALGORITHMS[algo](make_task("pendulum2d-stop", horizon=3), cfg)
+    got = []
+    for epoch in range(4):
+        alg.begin_epoch(epoch)
+        got.append(alg.optimizer.param_groups[0]["lr"] / 0.02)
+    assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("lr_schedule", "cosine", "lr_schedule"),
+    ("normalize_obs", 1, "normalize_obs"),
+    ("gn_damping", -1.0, "gn_damping"),
+])
+def test_config_rejects_bad_values(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{field: value}).validate()
 
 
 def test_resume_from_missing_or_corrupted_checkpoint_overwrites_nothing(tmp_path):
@@ -164,6 +247,8 @@ def test_train_py_bad_input(tmp_path):
     r = _run(["--algo", "nope"], tmp_path)
     assert r.returncode == 2 and "pods2" in r.stderr and "bptt" in r.stderr
     assert not (tmp_path / "x").exists()
+    r = _run(["--lr-schedule", "cosine"], tmp_path)
+    assert r.returncode == 2 and "linear" in r.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = [")
     r = _run(["--config", str(bad)], tmp_path)

@@ -138,6 +138,7 @@ def train(cfg: TrainConfig, resume: str | None = None, epochs: int | None = None
     t_run = time.perf_counter()
     for epoch in bar:
         t0 = time.perf_counter()
+        algo.begin_epoch(epoch)
         row = {"epoch": epoch + 1, **algo.train_epoch()}
         row["time/epoch_s"] = time.perf_counter() - t0
         if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch + 1 == cfg.epochs:

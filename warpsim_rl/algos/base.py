@@ -18,7 +18,10 @@ from ..tasks import Task
 from .policy import MLPPolicy
 from .rollout import Rollouts
 
-__all__ = ["TrainConfig", "Algorithm"]
+__all__ = ["TrainConfig", "Algorithm", "LR_SCHEDULES"]
+
+#: learning-rate schedules; "" selects the algorithm's default
+LR_SCHEDULES = ("", "constant", "linear")
 
 
 @dataclasses.dataclass
@@ -35,12 +38,15 @@ class TrainConfig:
     out: str = ""                         #: output folder ("" = runs/<env>-<algo>-s<seed>)
     horizon: int = 0                      #: rollout length (0 = the task's horizon)
     hidden: tuple = (64, 64)              #: policy MLP widths
+    normalize_obs: bool = True            #: standardise observations with running statistics
     lr: float = 0.0                       #: Adam learning rate (0 = the algorithm's default)
+    lr_schedule: str = ""                 #: "constant" or "linear" (to 0 over the epochs); "" = the algorithm's default
     regression_steps: int = 50            #: PODS: Adam steps on Eq. 7 per epoch
     regression_batch: int = 4096          #: PODS: minibatch of (state, action) pairs per Adam step
+    policy_check: bool = True             #: PODS: keep a regressed policy only if its batch return did not drop
     line_search: int = 6                  #: PODS: step sizes alpha = 1, 1/2, ..., tried in parallel
     first_order_step: float = 0.5         #: PODS 1st order: largest change of a full step / limit
-    gn_damping: float = 1e-6              #: PODS 2nd order: Levenberg term added to H
+    gn_damping: float = 1.0               #: PODS 2nd order: Levenberg-Marquardt term added to H
     chunk: int = 256                      #: PODS 2nd order: rollouts per Gauss-Newton batch
     bptt_steps: int = 1                   #: BPTT: gradient steps per epoch
     max_grad_norm: float = 1.0            #: BPTT, zobg/fobg/aobg: gradient-norm clip
@@ -73,6 +79,13 @@ class TrainConfig:
         for name in ("first_order_step", "max_grad_norm", "pg_sigma", "aobg_gamma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} = {getattr(self, name)!r}: must be > 0")
+        for name in ("normalize_obs", "policy_check"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be true or false")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule = {self.lr_schedule!r}: must be one of {LR_SCHEDULES}")
+        if not self.gn_damping >= 0:
+            raise ValueError(f"gn_damping = {self.gn_damping!r}: must be >= 0")
         if not self.lr >= 0:
             raise ValueError(f"lr = {self.lr!r}: must be >= 0 (0 = the algorithm's default)")
         if self.dtype not in ("float32", "float64"):
@@ -80,8 +93,8 @@ class TrainConfig:
 
 
 class Algorithm:
-    """Base of the training algorithms: ``train_epoch() -> metrics``, ``state_dict()``,
-    ``load_state_dict()``; subclasses create ``self.optimizer``."""
+    """Base of the training algorithms: ``begin_epoch(epoch)``, ``train_epoch() -> metrics``,
+    ``state_dict()``, ``load_state_dict()``; subclasses call :meth:`make_optimizer`."""
 
     optimizer: torch.optim.Optimizer
 
@@ -90,9 +103,24 @@ class Algorithm:
         self.rollouts = Rollouts(task, cfg.num_envs, cfg.device, cfg.dtype)
         self.device, self.dtype = self.rollouts.device, self.rollouts.dtype
         torch.manual_seed(cfg.seed)
-        self.policy = MLPPolicy(task.obs_dim, task.action_dim, self.rollouts.limit, tuple(cfg.hidden)).to(
+        self.policy = MLPPolicy(task.obs_dim, task.action_dim, self.rollouts.limit, tuple(cfg.hidden),
+                                 normalize=cfg.normalize_obs).to(
             device=self.device, dtype=self.dtype)
         self.rng = np.random.default_rng(cfg.seed)
+
+    def make_optimizer(self, default_lr: float, default_schedule: str) -> None:
+        """Adam on the policy weights at ``cfg.lr`` and ``cfg.lr_schedule``, or the algorithm's
+        defaults where those are unset (0, "")."""
+        self.base_lr = self.cfg.lr or default_lr
+        self.lr_schedule = self.cfg.lr_schedule or default_schedule
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.base_lr)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Set the learning rate of 0-based ``epoch``: ``"linear"`` decays it as
+        ``base_lr (1 - epoch / cfg.epochs)`` (CleanRL's ``anneal_lr``), ``"constant"`` keeps it."""
+        frac = 1.0 - epoch / self.cfg.epochs if self.lr_schedule == "linear" else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * frac
 
     def train_epoch(self) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError

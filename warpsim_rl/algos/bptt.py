@@ -22,7 +22,7 @@ class BPTT(Algorithm):
 
     def __init__(self, task: Task, cfg: TrainConfig):
         super().__init__(task, cfg)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr or self.DEFAULT_LR)
+        self.make_optimizer(self.DEFAULT_LR, "constant")
 
     def train_epoch(self) -> dict:
         cfg, task = self.cfg, self.task
@@ -36,5 +36,7 @@ class BPTT(Algorithm):
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
+        # after the steps: the graph was built with the old statistics (in-place update)
+        self.policy.observe(traj.obs.detach())
         return {"train/return_before": float(traj.returns.detach().mean()), "train/grad_norm": float(norm),
                 "train/diverged": int(traj.failed.sum())}

@@ -113,7 +113,7 @@ class EstimatorPG(Algorithm):
         self.fo_rollouts = Rollouts(task, B * K, cfg.device, cfg.dtype) if method != "zobg" else None
         self.zo_rollouts = Rollouts(task, B * (K + 1), cfg.device, cfg.dtype) if method != "fobg" else None
         self.num_params = sum(p.numel() for p in self.policy.parameters())
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr or self.DEFAULT_LR[method])
+        self.make_optimizer(self.DEFAULT_LR[method], "constant")
 
     # -- sampling ------------------------------------------------------------------------------
     def _initial(self, ro: Rollouts, copies: int):
@@ -149,7 +149,8 @@ class EstimatorPG(Algorithm):
         cot = noise[:, :B * K] * adv[None, :, None]
         rows = policy_vjp_per_sample(self.policy, traj.obs[:, :B * K][:, ok], cot[:, ok])
         # sigma^2 is already in the cotangent: rows are the per-sample ZoBG estimates
-        stats = {"return_noisy": V[:B * K][ok], "return_noise_free": V[B * K:], "failed": int((~ok).sum())}
+        stats = {"return_noisy": V[:B * K][ok], "return_noise_free": V[B * K:], "failed": int((~ok).sum()),
+                 "obs": traj.obs}
         return est.Estimate(rows), stats
 
     def first_order(self) -> tuple[est.Estimate, dict]:
@@ -167,27 +168,30 @@ class EstimatorPG(Algorithm):
             # a step of some environment cannot be differentiated (non-converged Newton solve):
             # no first-order estimate this epoch (AoBG then uses ZoBG alone, FoBG skips the update)
             empty = torch.zeros(0, self.num_params, dtype=self.dtype, device=self.device)
-            return est.Estimate(empty), {"return_noisy": V.detach()[ok], "failed": int(traj.failed.numel())}
+            return est.Estimate(empty), {"return_noisy": V.detach()[ok], "failed": int(traj.failed.numel()),
+                                         "obs": traj.obs.detach()}
         adj = torch.stack([a if a is not None else torch.zeros_like(o) for a, o in zip(adj, pol.outputs)])
         rows = policy_vjp_per_sample(self.policy, traj.obs.detach()[:, ok], adj[:, ok])
-        stats = {"return_noisy": V.detach()[ok], "failed": int((~ok).sum())}
+        stats = {"return_noisy": V.detach()[ok], "failed": int((~ok).sum()), "obs": traj.obs.detach()}
         return est.Estimate(rows), stats
 
-    def estimate(self) -> tuple[torch.Tensor, dict]:
-        """The ascent direction ``(d,)`` of this epoch and its metrics."""
+    def estimate(self) -> tuple[torch.Tensor, dict, list]:
+        """The ascent direction ``(d,)`` of this epoch, its metrics and the observations seen."""
         m: dict = {}
         zo = fo = None
-        rets = []
+        rets, obs = [], []
         failed = 0
         if self.method != "fobg":
             zo, s = self.zeroth_order()
             rets.append(s["return_noisy"])
+            obs.append(s["obs"])
             failed += s["failed"]
             m["train/return_noise_free"] = float(s["return_noise_free"].mean())
             m["train/zo_var"] = zo.var
         if self.method != "zobg":
             fo, s = self.first_order()
             rets.append(s["return_noisy"])
+            obs.append(s["obs"])
             failed += s["failed"]
             m["train/fo_var"] = fo.var
         if self.method == "zobg":
@@ -204,11 +208,11 @@ class EstimatorPG(Algorithm):
                       "train/aobg_gap": choice.gap})
         m["train/return_before"] = float(torch.cat(rets).mean()) if sum(r.numel() for r in rets) else float("nan")
         m["train/diverged"] = failed
-        return g, m
+        return g, m, obs
 
     # -- one epoch -----------------------------------------------------------------------------
     def train_epoch(self) -> dict:
-        g, m = self.estimate()
+        g, m, obs = self.estimate()
         if not bool(torch.isfinite(g).all()):
             m["train/grad_norm"] = float("nan")
             return m  # skip the update rather than poison the policy
@@ -220,4 +224,6 @@ class EstimatorPG(Algorithm):
             i += n
         m["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm))
         self.optimizer.step()
+        for o in obs:  # after the step: the estimate was taken with the old statistics
+            self.policy.observe(o)
         return m

@@ -20,7 +20,7 @@ Each epoch:
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class PODS(Algorithm):
         self.alphas = torch.tensor([0.5 ** i for i in range(cfg.line_search)], dtype=self.dtype, device=self.device)
         K = len(self.alphas)
         self.search = Rollouts(task, cfg.num_envs * K, cfg.device, cfg.dtype)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr or self.DEFAULT_LR)
+        self.make_optimizer(self.DEFAULT_LR, "linear")
 
     # -- step 2: improvement direction -----------------------------------------------------------
     def _direction(self, state0) -> tuple[Trajectory, torch.Tensor]:
@@ -154,11 +154,16 @@ class PODS(Algorithm):
         obs, acts, improved, new_ret, alpha = self._line_search(state0, traj, step)
         ok = improved & ~traj.failed
         loss = float("nan")
+        old = traj.returns.detach()
+        metrics = {}
         if bool(ok.any()):
             X = obs[:, ok].reshape(-1, task.obs_dim)
             Y = acts[:, ok].reshape(-1, task.action_dim)
+            saved = (copy.deepcopy(self.policy.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+            self.policy.observe(X)
             loss = self.regress(X, Y)
-        old = traj.returns.detach()
+            if cfg.policy_check:
+                metrics = self._check_policy(state0, old, traj.failed, saved)
         return {
             "train/return_before": float(old.mean()),
             "train/return_after": float(new_ret.mean()),
@@ -166,7 +171,24 @@ class PODS(Algorithm):
             "train/alpha_mean": float(alpha.mean()),
             "train/regression_loss": loss,
             "train/diverged": int(traj.failed.sum()),
+            **metrics,
         }
+
+    @torch.no_grad()
+    def _check_policy(self, state0, old: torch.Tensor, old_failed: torch.Tensor, saved) -> dict:
+        """Keep the regressed policy only if its closed-loop return on this epoch's initial states
+        is at least the old policy's (envs that fail under either policy excluded); otherwise
+        restore the old weights, observation statistics and optimiser state. Regression (Eq. 7)
+        is not guaranteed to carry the trajectory-space improvement over to the closed loop; this
+        makes the batch return of ``pi_theta`` monotone, as PODS' improvement argument intends."""
+        new = self.rollouts.policy(self.policy, state0, self.task.horizon)
+        both = ~(old_failed | new.failed)
+        gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
+        accepted = gain >= 0.0 and not bool((new.failed & ~old_failed).any())
+        if not accepted:
+            self.policy.load_state_dict(saved[0])
+            self.optimizer.load_state_dict(saved[1])
+        return {"train/policy_accepted": int(accepted), "train/policy_gain": gain}
 
     def regress(self, X: torch.Tensor, Y: torch.Tensor) -> float:
         """Eq. 7: ``min_theta mean ||pi_theta(s_t) - a'_t||^2`` with Adam on random minibatches of
