@@ -253,3 +253,34 @@ def test_train_py_bad_input(tmp_path):
     bad.write_text("epochs = [")
     r = _run(["--config", str(bad)], tmp_path)
     assert r.returncode != 0 and "malformed TOML" in r.stderr
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_policy_check_restores_a_worse_regressed_policy(check):
+    """With ``policy_check`` a regression that lowers the closed-loop return on the epoch's initial
+    states is undone (weights, observation statistics, Adam state); without it the bad policy stays."""
+    from warpsim_rl.algos import PODS
+
+    cfg = TrainConfig(num_envs=8, horizon=20, regression_steps=3, policy_check=check)
+    alg = PODS(make_task("pendulum2d-stop", horizon=20), cfg, order=2)
+    alg.train_epoch()  # Adam has state, the normaliser has statistics
+    before = {k: v.clone() for k, v in alg.policy.state_dict().items()}
+    adam = alg.optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    original = alg.regress
+
+    def sabotage(X, Y):
+        loss = original(X, Y)
+        with torch.no_grad():  # a regression gone wrong: actions far off
+            alg.policy.net[-1].bias.add_(3.0)
+        return loss
+
+    alg.regress = sabotage
+    m = alg.train_epoch()
+    after = alg.policy.state_dict()
+    if check:
+        assert m["train/policy_accepted"] == 0 and m["train/policy_gain"] < 0
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert torch.equal(alg.optimizer.state_dict()["state"][0]["exp_avg"], adam)
+    else:
+        assert "train/policy_accepted" not in m
+        assert not torch.equal(before["net.4.bias"], after["net.4.bias"])

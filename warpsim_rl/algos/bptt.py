@@ -17,7 +17,8 @@ __all__ = ["BPTT"]
 
 
 class BPTT(Algorithm):
-    #: learning rate tuned on pendulum2d-stop over {1e-3, 3e-3, 1e-2, 3e-2} (docs/algorithms.md)
+    #: learning rate, constant (tuned on pendulum2d-stop over {1e-3, 3e-3, 1e-2, 3e-2} and against a
+    #: linear decay, docs/results.md)
     DEFAULT_LR = 1e-2
 
     def __init__(self, task: Task, cfg: TrainConfig):

@@ -99,9 +99,10 @@ def _output_adjoints(total: torch.Tensor, outputs: list[torch.Tensor]):
 class EstimatorPG(Algorithm):
     """Policy-gradient training with ZoBG / FoBG / AoBG (``method``); see the module doc."""
 
-    #: Adam learning rates when ``cfg.lr`` is 0: on pendulum2d-stop (256 x 4 samples, 30 epochs,
-    #: seed 0) the test-bed reward for lr in {1e-3, 3e-3, 1e-2, 3e-2} was fobg -42.5, -16.3, -14.1,
-    #: -13.3 and zobg -48.2, -20.9, -25.1, -54.8 (docs/estimators.md); aobg follows fobg.
+    #: Adam learning rates when ``cfg.lr`` is 0 (constant schedule): on pendulum2d-stop (256 x 4
+    #: samples, 30 epochs, seed 0, raw observations) the test-bed reward for lr in {1e-3, 3e-3,
+    #: 1e-2, 3e-2} was fobg -42.5, -16.3, -14.1, -13.3 and zobg -48.2, -20.9, -25.1, -54.8
+    #: (docs/estimators.md); aobg follows fobg.
     DEFAULT_LR = {"zobg": 3e-3, "fobg": 1e-2, "aobg": 1e-2}
 
     def __init__(self, task: Task, cfg: TrainConfig, method: str):

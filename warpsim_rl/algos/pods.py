@@ -9,13 +9,17 @@ Each epoch:
      (leaf actions, ``warpsim_rl.autodiff``);
    * 2nd order (Eq. 13–14): Gauss-Newton on the cost ``c = -r``:
      ``H = sum_t J_{t+1}^T C_ss J_{t+1} + C_aa`` with ``J_{t+1} = ds_{t+1}/da_bar`` built from the
-     per-step Jacobians (``J_{t+1} = A_t J_t + B_t E_t``), ``a_bar' = a_bar + alpha H^-1 dV/da_bar``
-     — batched Cholesky on the simulation's device, chunked over rollouts;
+     per-step Jacobians (``J_{t+1} = A_t J_t + B_t E_t``),
+     ``a_bar' = a_bar + alpha (H + gn_damping I)^-1 dV/da_bar`` (a Levenberg-Marquardt damping the
+     paper does not have; docs/algorithms.md says why) — batched Cholesky on the simulation's
+     device, chunked over rollouts;
 3. line search on ``alpha`` per rollout: all candidates are simulated at once as extra
    environments; a rollout keeps the best candidate that improves its return, or its old actions
    if none does (so the batch never gets worse); actions are clipped to the limits;
 4. regress ``pi_theta`` onto the improved actions along the improved trajectories ``s(a_bar')``
-   (Eq. 7) with Adam, ``regression_steps`` steps per epoch.
+   (Eq. 7) with Adam, ``regression_steps`` steps per epoch;
+5. with ``policy_check``, keep the regressed policy only if its closed-loop return on the epoch's
+   initial states did not drop (an addition to the paper, :meth:`PODS._check_policy`).
 """
 
 from __future__ import annotations
@@ -82,7 +86,8 @@ def gauss_newton_direction(A: torch.Tensor, B: torch.Tensor, grad: torch.Tensor,
 class PODS(Algorithm):
     """PODS first (``order=1``) or second (``order=2``) order. See the module doc."""
 
-    #: regression learning rate (tuned on pendulum2d-stop over {3e-4, 1e-3, 3e-3}, docs/algorithms.md)
+    #: regression learning rate, decayed linearly (tuned on pendulum2d-stop over {3e-4, 1e-3, 3e-3},
+    #: docs/results.md)
     DEFAULT_LR = 1e-3
 
     def __init__(self, task: Task, cfg: TrainConfig, order: int):
