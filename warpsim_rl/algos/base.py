@@ -45,7 +45,7 @@ class TrainConfig:
     regression_batch: int = 4096          #: PODS: minibatch of (state, action) pairs per Adam step
     policy_check: bool = True             #: PODS: keep a regressed policy only if its batch return did not drop
     line_search: int = 6                  #: PODS: step sizes alpha = 1, 1/2, ..., tried in parallel
-    first_order_step: float = 0.5         #: PODS 1st order: largest change of a full step / limit
+    first_order_step: float = 0.05        #: PODS 1st order: largest change of a full step / limit
     gn_damping: float = 1.0               #: PODS 2nd order: Levenberg-Marquardt term added to H
     chunk: int = 256                      #: PODS 2nd order: rollouts per Gauss-Newton batch
     bptt_steps: int = 1                   #: BPTT: gradient steps per epoch
