@@ -26,6 +26,13 @@ Per environment (one thread), with step ``h``, free-particle positions ``x``:
   from the forces at the initial state by Taylor expansion (:func:`startup`), which keeps the
   method second-order accurate from the first step (``tests/test_physics.py`` measures it);
   particles touching geometry at reset start from a rest history (contact is not expanded).
+
+The loops with run-time trip counts inside the Newton iteration (assembly, the line search's
+trial points, the reductions over the DOFs) are ``while`` loops, which Warp's CPU backend
+compiles to tighter code than ``for ... in range(n)`` (see ``linalg.py``); the loops run once per
+step gained nothing measurable that way and stay ``for`` loops. Loops over ``dim`` are unrolled
+by Warp (``add_block`` runs its triangle as a full unrolled square with a test, since
+``range(a + 1)`` would not be unrolled).
 """
 
 
@@ -101,8 +108,9 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         """Add ``sign * K`` to the (fi, fj) particle block of the banded matrix (lower part only)."""
         if fi == fj:
             for a in range(dim):
-                for b in range(a + 1):
-                    la.band_add(H, e, B, fi * dim + a, fi * dim + b, sign * K[a, b])
+                for b in range(dim):  # b <= a; range(a + 1) would not be unrolled
+                    if b <= a:
+                        la.band_add(H, e, B, fi * dim + a, fi * dim + b, sign * K[a, b])
         else:
             r = fi
             c = fj
@@ -162,11 +170,14 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         K = mat()
         half = dtype(0.5) * width
         nbox = int(0)
-        for k in range(geo_kind.shape[0]):
+        k = int(0)
+        while k < geo_kind.shape[0]:
             if geo_kind[k] != 0:
                 nbox += 1
+            k += 1
         cap_each = cap / dtype(wp.max(nbox, 1))
-        for k in range(geo_kind.shape[0]):
+        k = int(0)
+        while k < geo_kind.shape[0]:
             kc = contact_k[e, k]
             d, nrm, C = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], xq)
             if d < half:
@@ -183,6 +194,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                     u += uf
                     gr += gf
                     K += Kf
+            k += 1
         return u, gr, K
 
     @wp.func
@@ -234,15 +246,20 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         ``contact_eps_v`` (``contact.py``)."""
         beta = dtype(4.0) * h * h / dtype(9.0)
         kappa = dtype(1.5) / h
-        for i in range(N):
+        i = int(0)
+        while i < N:
             g[i, e] = dtype(0.0)
-        for i in range(N * (B + 1)):
+            i += 1
+        i = int(0)
+        while i < N * (B + 1):
             H[i, e] = dtype(0.0)
+            i += 1
         phi = dtype(0.0)
         scale = dtype(0.0)
         neg = dtype(0.0)
         n = free_index.shape[0]
-        for p in range(n):
+        p = int(0)
+        while p < n:
             f = free_index[p]
             if f >= 0:
                 m = mass[e, p]
@@ -252,7 +269,9 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 add_vec(g, e, f, m * r - (beta * m) * gravity)
                 for a in range(dim):
                     la.band_add(H, e, B, f * dim + a, f * dim + a, m)
-        for s in range(spring_i.shape[0]):
+            p += 1
+        s = int(0)
+        while s < spring_i.shape[0]:
             pi = spring_i[s]
             pj = spring_j[s]
             fi = free_index[pi]
@@ -294,8 +313,10 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 add_block(H, e, B, fj, fj, K, beta)
             if fi >= 0 and fj >= 0:
                 add_block(H, e, B, fi, fj, K, -beta)
+            s += 1
         if WITH_CONTACT != 0 and geo_kind.shape[0] > 0:
-            for p in range(n):
+            p = int(0)
+            while p < n:
                 f = free_index[p]
                 if f >= 0:
                     xp = xq[e, p]
@@ -308,19 +329,22 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                     scale += beta * amax(gr) * amax(xp)
                     add_vec(g, e, f, beta * gr)
                     add_block(H, e, B, f, f, K, beta)
+                p += 1
         return phi, scale, neg
 
     @wp.func
     def set_iterate(e: int, free_index: wp.array(dtype=int), base: wp.array2d(dtype=dtype),
                     dx: wp.array2d(dtype=dtype), alpha: dtype, xq: wp.array2d(dtype=vec)):
         """``xq = base + alpha dx`` on the free particles."""
-        for p in range(free_index.shape[0]):
+        p = int(0)
+        while p < free_index.shape[0]:
             f = free_index[p]
             if f >= 0:
                 v = vec()
                 for a in range(dim):
                     v[a] = base[f * dim + a, e] + alpha * dx[f * dim + a, e]
                 xq[e, p] = v
+            p += 1
 
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_step(
@@ -425,8 +449,10 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 st = STATUS_NONFINITE
                 break
             gg = dtype(0.0)
-            for i in range(N):
+            i = int(0)
+            while i < N:
                 gg += g[i, e] * g[i, e]
+                i += 1
             m_eff = m_min - neg  # lower bound on lambda_min of the (exact-spring) Newton matrix
             if m_eff > dtype(0.0) and wp.sqrt(gg) <= tol * h * m_eff:
                 res = wp.sqrt(gg) / (h * m_eff)
@@ -443,23 +469,29 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 if la.band_cholesky(H, e, N, B) == 0:
                     st = STATUS_NOT_PD
                     break
-            for i in range(N):
+            i = int(0)
+            while i < N:
                 dx[i, e] = -g[i, e]
+                i += 1
             la.band_solve(H, e, N, B, dx, dx)
             it += 1
             slope = dtype(0.0)
             res = dtype(0.0)
-            for i in range(N):
+            i = int(0)
+            while i < N:
                 slope += g[i, e] * dx[i, e]
                 res = wp.max(res, wp.abs(dx[i, e]))
+                i += 1
             res = res / h
             # record the base iterate
-            for p in range(n):
+            p = int(0)
+            while p < n:
                 f = free_index[p]
                 if f >= 0:
                     xb = x_out[e, p]
                     for a in range(dim):
                         base[f * dim + a, e] = xb[a]
+                p += 1
             if not wp.isfinite(res):
                 st = STATUS_NONFINITE
                 break
@@ -483,8 +515,10 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                                                    geo_a, geo_b, geo_r, contact_k, contact_mu, contact_width,
                                                    contact_eps_v, gravity, h, N, B, PROJECT_CONTACT, g, H)
                 slope_t = dtype(0.0)
-                for i in range(N):
+                i = int(0)
+                while i < N:
                     slope_t += g[i, e] * dx[i, e]
+                    i += 1
                 armijo = phi_t <= phi + dtype(1.0e-4) * alpha * slope and slope_t <= dtype(-CURVATURE_C2) * slope
                 approx = phi_t <= phi + noise and slope_t <= dtype(-APPROX_SLOPE) * slope
                 if armijo or approx or ls == ls_max:

@@ -9,9 +9,10 @@ is done in place: the lower band becomes ``L`` with ``A = L L^T``, except that t
 ``1 / L[i, i]`` so that the solves multiply instead of divide.
 
 :func:`band_inverse_func` forms the dense inverse from the factor (the Jacobian kernel of
-``adjoint.py``). Its loops with run-time trip counts are ``while`` loops: Warp's CPU backend
-compiles ``for i in range(n)`` into an iterator that re-tests the sign of the step on every
-iteration, which on loops this short costs about as much as their bodies (measured on x86-64).
+``adjoint.py``). The loops with run-time trip counts (here and in the factorisation and solves)
+are ``while`` loops: Warp's CPU backend compiles ``for i in range(n)`` into an iterator that
+re-tests the sign of the step on every iteration, which on loops this short costs about as much
+as their bodies (measured on x86-64).
 """
 
 
@@ -35,20 +36,29 @@ def band_funcs(dtype) -> SimpleNamespace:
         """In-place ``A = L L^T`` (diagonal stored inverted); returns 1 on success, 0 if a pivot is
         not positive."""
         w = B + 1
-        for j in range(N):
+        j = int(0)
+        while j < N:
             s = H[j * w, e]
-            for k in range(wp.max(0, j - B), j):
+            k = wp.max(0, j - B)
+            while k < j:
                 ljk = H[j * w + (j - k), e]
                 s = s - ljk * ljk
+                k += 1
             if not (s > dtype(0.0)):
                 return 0
             inv_d = dtype(1.0) / wp.sqrt(s)
             H[j * w, e] = inv_d
-            for i in range(j + 1, wp.min(N, j + w)):
+            i = j + 1
+            i1 = wp.min(N, j + w)
+            while i < i1:
                 t = H[i * w + (i - j), e]
-                for k in range(wp.max(0, i - B), j):
+                k = wp.max(0, i - B)
+                while k < j:
                     t = t - H[i * w + (i - k), e] * H[j * w + (j - k), e]
+                    k += 1
                 H[i * w + (i - j), e] = t * inv_d
+                i += 1
+            j += 1
         return 1
 
     @wp.func
@@ -57,16 +67,25 @@ def band_funcs(dtype) -> SimpleNamespace:
         """Solve ``L L^T out = rhs`` for one env with the factor from :func:`band_cholesky`.
         ``rhs`` and ``out`` are ``(N, E)``; they may be the same array."""
         w = B + 1
-        for i in range(N):
+        i = int(0)
+        while i < N:
             s = rhs[i, e]
-            for k in range(wp.max(0, i - B), i):
+            k = wp.max(0, i - B)
+            while k < i:
                 s = s - H[i * w + (i - k), e] * out[k, e]
+                k += 1
             out[i, e] = s * H[i * w, e]
-        for i in range(N - 1, -1, -1):
+            i += 1
+        i = N - 1
+        while i >= 0:
             s = out[i, e]
-            for k in range(i + 1, wp.min(N, i + w)):
+            k = i + 1
+            k1 = wp.min(N, i + w)
+            while k < k1:
                 s = s - H[k * w + (k - i), e] * out[k, e]
+                k += 1
             out[i, e] = s * H[i * w, e]
+            i -= 1
 
     return SimpleNamespace(band_add=band_add, band_cholesky=band_cholesky, band_solve=band_solve)
 
