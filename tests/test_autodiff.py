@@ -127,6 +127,25 @@ def test_single_step_jacobians_match_finite_differences(name, device):
     assert _rel(B, Bfd) < 1e-6
 
 
+def test_jacobians_overwrite_stale_buffers(device):
+    """The Jacobian launch writes every entry: buffers full of NaN give the same A, B as zeroed ones."""
+    model = ws.load_scene("double_pendulum3d").build(num_envs=3, device=device, dtype="float64")
+    sim = ws.Simulator(model)
+    diff = Differentiator(sim)
+    s0, s1, c = model.state(), model.state(), model.control()
+    c.action.fill_(model.vec(*([0.3] * model.dim)))
+    sim.step(s0, c, s1)
+    out = []
+    for fill in (0.0, np.nan):
+        A = wp.full((3, model.num_state, model.num_state), fill, dtype=wp.float64, device=model.device)
+        B = wp.full((3, model.num_state, model.num_actions), fill, dtype=wp.float64, device=model.device)
+        diff.jacobians(s0.arrays(), c.action, s1.arrays(), A, B)
+        out.append((A.numpy(), B.numpy()))
+    np.testing.assert_array_equal(out[1][0], out[0][0])
+    np.testing.assert_array_equal(out[1][1], out[0][1])
+    assert np.any(out[0][0]) and np.any(out[0][1])
+
+
 @pytest.mark.parametrize("name", ["pendulum2d", "double_pendulum3d", "rope3d", "cable_payload2d", "damped"])
 def test_vjp_equals_jacobian_transpose(name, device):
     ts, state, a, rng = _setup(name, device, seed=1)
@@ -332,9 +351,11 @@ def test_jacobians_flag_singular_hessian(device):
     s0, s1 = model.state(), model.state()
     c = model.control()
     sim.step(s0, c, s1, check=False)
-    A = wp.zeros((1, model.num_state, model.num_state), dtype=wp.float64, device=model.device)
-    B = wp.zeros((1, model.num_state, model.num_actions), dtype=wp.float64, device=model.device)
+    A = wp.full((1, model.num_state, model.num_state), np.nan, dtype=wp.float64, device=model.device)
+    B = wp.full((1, model.num_state, model.num_actions), np.nan, dtype=wp.float64, device=model.device)
     diff.jacobians(s0.arrays(), c.action, s1.arrays(), A, B)
+    # stale buffer contents never survive: such an env gets zeros (and ok = 0, below)
+    assert not np.any(A.numpy()) and not np.any(B.numpy())
     # the step itself converges (projected-Newton fallback keeps the symmetric solution) ...
     assert sim.status.numpy()[0] == 0
     # ... but its exact Hessian is indefinite there: reported, never zeros

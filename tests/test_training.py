@@ -284,3 +284,26 @@ def test_policy_check_restores_a_worse_regressed_policy(check):
     else:
         assert "train/policy_accepted" not in m
         assert not torch.equal(before["net.4.bias"], after["net.4.bias"])
+
+
+def test_failed_environments_do_not_enter_the_observation_statistics():
+    """BPTT observes only the environments whose rollout did not fail (a failed state may be
+    non-finite and would poison the normaliser for the rest of the run)."""
+    from warpsim_rl.algos import BPTT
+
+    T, E = 5, 4
+    alg = BPTT(make_task("pendulum2d-stop", horizon=T), TrainConfig(algo="bptt", num_envs=E))
+    original = alg.rollouts.policy
+
+    def failing(*args, **kwargs):
+        traj = original(*args, **kwargs)
+        traj.obs = traj.obs.detach().clone()
+        traj.obs[:, 1] = float("nan")  # what a diverged environment may leave behind
+        traj.failed[1] = True
+        return traj
+
+    alg.rollouts.policy = failing
+    alg.train_epoch()
+    norm = alg.policy.normalizer
+    assert float(norm.count) == T * (E - 1)
+    assert torch.isfinite(norm.mean).all() and torch.isfinite(norm.var).all()

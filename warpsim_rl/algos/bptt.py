@@ -37,7 +37,8 @@ class BPTT(Algorithm):
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
-        # after the steps: the graph was built with the old statistics (in-place update)
-        self.policy.observe(traj.obs.detach())
+        # after the steps: the graph was built with the old statistics (in-place update); states of
+        # failed environments are not observed
+        self.policy.observe(traj.obs.detach()[:, ~traj.failed])
         return {"train/return_before": float(traj.returns.detach().mean()), "train/grad_norm": float(norm),
                 "train/diverged": int(traj.failed.sum())}

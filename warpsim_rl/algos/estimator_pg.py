@@ -151,7 +151,7 @@ class EstimatorPG(Algorithm):
         rows = policy_vjp_per_sample(self.policy, traj.obs[:, :B * K][:, ok], cot[:, ok])
         # sigma^2 is already in the cotangent: rows are the per-sample ZoBG estimates
         stats = {"return_noisy": V[:B * K][ok], "return_noise_free": V[B * K:], "failed": int((~ok).sum()),
-                 "obs": traj.obs}
+                 "obs": traj.obs[:, ~traj.failed]}
         return est.Estimate(rows), stats
 
     def first_order(self) -> tuple[est.Estimate, dict]:
@@ -170,14 +170,15 @@ class EstimatorPG(Algorithm):
             # no first-order estimate this epoch (AoBG then uses ZoBG alone, FoBG skips the update)
             empty = torch.zeros(0, self.num_params, dtype=self.dtype, device=self.device)
             return est.Estimate(empty), {"return_noisy": V.detach()[ok], "failed": int(traj.failed.numel()),
-                                         "obs": traj.obs.detach()}
+                                         "obs": traj.obs.detach()[:, ok]}
         adj = torch.stack([a if a is not None else torch.zeros_like(o) for a, o in zip(adj, pol.outputs)])
         rows = policy_vjp_per_sample(self.policy, traj.obs.detach()[:, ok], adj[:, ok])
-        stats = {"return_noisy": V.detach()[ok], "failed": int((~ok).sum()), "obs": traj.obs.detach()}
+        stats = {"return_noisy": V.detach()[ok], "failed": int((~ok).sum()), "obs": traj.obs.detach()[:, ok]}
         return est.Estimate(rows), stats
 
     def estimate(self) -> tuple[torch.Tensor, dict, list]:
-        """The ascent direction ``(d,)`` of this epoch, its metrics and the observations seen."""
+        """The ascent direction ``(d,)`` of this epoch, its metrics and the observations seen by
+        environments that did not fail (for the policy's observation statistics)."""
         m: dict = {}
         zo = fo = None
         rets, obs = [], []

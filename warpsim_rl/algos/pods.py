@@ -164,7 +164,8 @@ class PODS(Algorithm):
         if bool(ok.any()):
             X = obs[:, ok].reshape(-1, task.obs_dim)
             Y = acts[:, ok].reshape(-1, task.action_dim)
-            saved = (copy.deepcopy(self.policy.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+            if cfg.policy_check:
+                saved = (copy.deepcopy(self.policy.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
             self.policy.observe(X)
             loss = self.regress(X, Y)
             if cfg.policy_check:
