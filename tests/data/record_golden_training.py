@@ -1,0 +1,49 @@
+"""Record the golden training numbers that ``tests/test_golden.py`` compares against bitwise.
+
+    python tests/data/record_golden_training.py   # writes tests/data/golden_training.npz
+
+Every registered algorithm, 2 epochs of 8 environments on pendulum2d-stop (seed 0, float64 so
+that summation-order noise cannot hide behind float32 round-off): the per-epoch training metrics,
+the final test-bed evaluation and the final policy parameters and buffers.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ALGOS = ("pods2", "pods1", "bptt", "zobg", "fobg", "aobg")
+SETTINGS = dict(env="pendulum2d-stop", num_envs=8, epochs=2, seed=0, dtype="float64", eval_every=0, usd_envs=0)
+#: algorithm fields that keep the run small
+SMALL = dict(regression_steps=5, regression_batch=64, pg_samples=2, chunk=8)
+
+
+def record_one(algo: str) -> dict[str, np.ndarray]:
+    from warpsim_rl.algos import TrainConfig
+    from warpsim_rl.training import load_checkpoint, train
+
+    data = {}
+    with tempfile.TemporaryDirectory() as out:
+        res = train(TrainConfig(algo=algo, out=out, **SETTINGS, **SMALL), progress=False)
+        ckpt = load_checkpoint(out)
+    for key in ("reward", "terminal_kinetic_energy", "distance_to_target", "action_magnitude"):
+        data[f"{algo}/eval/{key}"] = np.array(res[key])
+    for key in sorted({k for h in ckpt["history"] for k in h}):
+        if key.startswith("train/"):
+            data[f"{algo}/history/{key}"] = np.array([h.get(key, np.nan) for h in ckpt["history"]], dtype=float)
+    for name, val in ckpt["algorithm"]["policy"].items():
+        data[f"{algo}/policy/{name}"] = val.detach().cpu().numpy()
+    return data
+
+
+def record_all() -> dict[str, np.ndarray]:
+    return {k: v for algo in ALGOS for k, v in record_one(algo).items()}
+
+
+if __name__ == "__main__":
+    path = Path(__file__).with_name("golden_training.npz")
+    np.savez_compressed(path, **record_all())
+    print(f"wrote {path}", file=sys.stderr)
