@@ -7,5 +7,7 @@ Kernels are generated per scalar type (``wp.float32``/``wp.float64``) and spatia
 * :mod:`.contact` — particle contact with planes and boxes: smoothed penalty, lagged smoothed
   Coulomb friction, their derivatives.
 * :mod:`.linalg` — per-environment banded Cholesky (dense is the full-band case).
-* :mod:`.bdf2` — the batched implicit BDF2 Newton step.
+* :mod:`.bdf2` — the batched implicit BDF2 Newton step (and its start-up and potential).
+* :mod:`.adjoint` — exact derivatives of the step (VJP, dense Jacobians).
+* :mod:`.data` — the kernels' argument structs (``ModelData``, ``StateData``, ``NewtonScratch``).
 """

@@ -58,6 +58,18 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
     bk = bdf2_kernels(dtype, dim, contact)
     vec = el.vec
     mat = el.mat
+    # the argument structs of data.py, shared with the step kernels
+    ModelData = bk.ModelData
+    StateData = bk.StateData
+    NewtonScratch = bk.NewtonScratch
+
+    @wp.func
+    def step_coefficients(h: dtype):
+        """``beta = 4 h^2 / 9``, ``kappa = 3 / (2 h)``, ``4/3``, ``1/3`` and ``2 h / 3`` of the BDF2
+        step (``bdf2.py``)."""
+        c43 = dtype(4.0) / dtype(3.0)
+        c13 = dtype(1.0) / dtype(3.0)
+        return dtype(4.0) * h * h / dtype(9.0), dtype(1.5) / h, c43, c13, dtype(2.0) * h / dtype(3.0)
 
     @wp.func
     def clip_mask(a: vec, lim: vec):
@@ -86,41 +98,50 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         return v_handle[e, p]
 
     @wp.func
-    def factor_exact(e: int, x_out: wp.array2d(dtype=vec), x_in: wp.array2d(dtype=vec),
-                     v_in: wp.array2d(dtype=vec), xp_in: wp.array2d(dtype=vec), vp_in: wp.array2d(dtype=vec),
-                     v_out: wp.array2d(dtype=vec), mass: wp.array2d(dtype=dtype), free_index: wp.array(dtype=int),
-                     spring_i: wp.array(dtype=int), spring_j: wp.array(dtype=int),
-                     stiffness: wp.array2d(dtype=dtype), rest: wp.array2d(dtype=dtype),
-                     damping: wp.array(dtype=dtype), cable: wp.array(dtype=int), geo_kind: wp.array(dtype=int),
-                     geo_a: wp.array(dtype=vec), geo_b: wp.array(dtype=vec), geo_r: wp.array(dtype=dtype),
-                     contact_k: wp.array2d(dtype=dtype), contact_mu: wp.array2d(dtype=dtype),
-                     contact_width: dtype, contact_eps_v: dtype, gravity: vec, h: dtype,
-                     N: int, B: int, y_t: wp.array2d(dtype=dtype), x_hat: wp.array2d(dtype=dtype),
-                     g: wp.array2d(dtype=dtype), H: wp.array2d(dtype=dtype)):
-        """Exact (unprojected) Hessian at the converged step, factored in place; 1 on success."""
-        bk.store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
-        bk.assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i, spring_j, stiffness,
-                    rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k, contact_mu, contact_width,
-                    contact_eps_v, gravity, h, N, B, 0, g, H)
-        return la.band_cholesky(H, e, N, B)
+    def damper_blocks(e: int, state_in: StateData, state_out: StateData, x_hat: wp.array2d(dtype=dtype), pi: int,
+                      pj: int, fi: int, fj: int, c: dtype, kappa: dtype):
+        """``(u u^T, P)`` of an acting damper between particles ``pi`` and ``pj`` (free indices
+        ``fi``/``fj``): its direction ``u`` at the start of the step and ``P = d(grad_i D)/d d0``
+        (``elements.damping_direction_jacobian``) at the end velocities of the step."""
+        d0 = state_in.x[e, pi] - state_in.x[e, pj]
+        ud = d0 / wp.length(d0)
+        vi = end_velocity(e, pi, fi, state_out.x, x_hat, state_out.v, kappa)
+        vj = end_velocity(e, pj, fj, state_out.x, x_hat, state_out.v, kappa)
+        P = el.damping_direction_jacobian(vi - vj, d0, c)
+        return wp.outer(ud, ud), P
 
     @wp.func
-    def friction_partials(e: int, x0: vec, vel: vec, geo_kind: wp.array(dtype=int), geo_a: wp.array(dtype=vec),
-                          geo_b: wp.array(dtype=vec), geo_r: wp.array(dtype=dtype),
-                          contact_k: wp.array2d(dtype=dtype), contact_mu: wp.array2d(dtype=dtype),
-                          width: dtype, eps_v: dtype, kappa: dtype):
-        """Friction partials of one free particle, summed over the geometry: ``Kv = dGf/dx'``
-        (``= -dGf/dx_hat``) and ``J0 = dGf/dx`` through the lagged normal force and tangent plane
-        (``contact.py``); ``Gf`` is the friction part of the particle's residual (over beta)."""
+    def factor_exact(e: int, model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
+                     state_in: StateData, state_out: StateData, scratch: NewtonScratch, ok: wp.array(dtype=int)):
+        """Exact (unprojected) Hessian at the converged step ``state_in -> state_out`` (its ``x``
+        and ``v``), factored in place in ``scratch.H``; ``ok[e]`` and the return value are 1 on
+        success, else 0. Leaves the step's ``y_t`` and ``x_hat`` in ``scratch``."""
+        bk.store_targets(e, model, state_in, scratch)
+        bk.assemble(e, model, mass, stiffness, state_out.x, state_in.x, state_out.v, 0, scratch)
+        good = la.band_cholesky(scratch.H, e, model.num_dofs, model.band)
+        ok[e] = good
+        return good
+
+    @wp.func
+    def friction_partials(e: int, model: ModelData, p: int, f: int, state_in: StateData, state_out: StateData,
+                          x_hat: wp.array2d(dtype=dtype), kappa: dtype):
+        """Friction partials of free particle ``p`` (free index ``f``) in the step
+        ``state_in -> state_out``, summed over the geometry: ``Kv = dGf/dx'`` (``= -dGf/dx_hat``)
+        and ``J0 = dGf/dx`` through the lagged normal force and tangent plane (``contact.py``);
+        ``Gf`` is the friction part of the particle's residual (over beta)."""
+        x0 = state_in.x[e, p]
+        vel = kappa * (state_out.x[e, p] - bk.get_vec(x_hat, e, f))
         Kv = mat()
         J0 = mat()
+        width = model.contact_width
+        eps_v = model.contact_eps_v
         half = dtype(0.5) * width
-        for k in range(geo_kind.shape[0]):
-            mu = contact_mu[e, k]
+        for k in range(model.geo_kind.shape[0]):
+            mu = model.friction[e, k]
             if mu > dtype(0.0):
-                d0, n0, C0 = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], x0)
+                d0, n0, C0 = ct.signed_distance(model.geo_kind[k], model.geo_a[k], model.geo_b[k], model.geo_r[k], x0)
                 if d0 < half:
-                    e0, lam0, e20 = ct.penalty(d0, contact_k[e, k], width)
+                    e0, lam0, e20 = ct.penalty(d0, model.contact_stiffness[e, k], width)
                     uf, gf, Kf = ct.friction_terms(vel, n0, mu * lam0, eps_v, kappa)
                     Kv += Kf
                     J0 += ct.friction_lag_jacobian(vel, n0, C0, mu, lam0, e20, eps_v)
@@ -135,90 +156,48 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
 
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_vjp(
-        # forward inputs
-        x_in: wp.array2d(dtype=vec),
-        v_in: wp.array2d(dtype=vec),
-        xp_in: wp.array2d(dtype=vec),
-        vp_in: wp.array2d(dtype=vec),
-        action: wp.array2d(dtype=vec),
-        mass: wp.array2d(dtype=dtype),
-        free_index: wp.array(dtype=int),
-        handle_particle: wp.array(dtype=int),
-        velocity_limit: wp.array(dtype=vec),
-        spring_i: wp.array(dtype=int),
-        spring_j: wp.array(dtype=int),
-        stiffness: wp.array2d(dtype=dtype),
-        rest: wp.array2d(dtype=dtype),
-        damping: wp.array(dtype=dtype),
-        cable: wp.array(dtype=int),
-        geo_kind: wp.array(dtype=int),
-        geo_a: wp.array(dtype=vec),
-        geo_b: wp.array(dtype=vec),
-        geo_r: wp.array(dtype=dtype),
-        contact_k: wp.array2d(dtype=dtype),
-        contact_mu: wp.array2d(dtype=dtype),
-        contact_width: dtype,
-        contact_eps_v: dtype,
-        gravity: vec,
-        h: dtype,
-        N: int,
-        B: int,
-        # forward outputs (converged)
-        x_out: wp.array2d(dtype=vec),
-        v_out: wp.array2d(dtype=vec),
+        model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
+        # the converged forward step (of its outputs, x and v are read)
+        state_in: StateData, action: wp.array2d(dtype=vec), state_out: StateData,
         # adjoints of the outputs
-        adj_x_out: wp.array2d(dtype=vec),
-        adj_v_out: wp.array2d(dtype=vec),
-        adj_xp_out: wp.array2d(dtype=vec),
-        adj_vp_out: wp.array2d(dtype=vec),
-        # scratch
-        H: wp.array2d(dtype=dtype),
-        g: wp.array2d(dtype=dtype),
-        lam: wp.array2d(dtype=dtype),
-        y_t: wp.array2d(dtype=dtype),
-        x_hat: wp.array2d(dtype=dtype),
+        adj_out: StateData,
+        scratch: NewtonScratch,
+        # (E, n) scratch: adjoints of the handles' x' and v'
         adj_xh: wp.array2d(dtype=vec),
         adj_vh: wp.array2d(dtype=vec),
         # accumulated adjoints of the inputs
-        adj_x_in: wp.array2d(dtype=vec),
-        adj_v_in: wp.array2d(dtype=vec),
-        adj_xp_in: wp.array2d(dtype=vec),
-        adj_vp_in: wp.array2d(dtype=vec),
+        adj_in: StateData,
         adj_action: wp.array2d(dtype=vec),
         adj_stiffness: wp.array2d(dtype=dtype),
         adj_mass: wp.array2d(dtype=dtype),
         ok: wp.array(dtype=int),
     ):
         e = wp.tid()
-        n = free_index.shape[0]
-        beta = dtype(4.0) * h * h / dtype(9.0)
-        kappa = dtype(1.5) / h
-        c43 = dtype(4.0) / dtype(3.0)
-        c13 = dtype(1.0) / dtype(3.0)
-        c23h = dtype(2.0) * h / dtype(3.0)
-        good = factor_exact(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
-                            stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k, contact_mu,
-                            contact_width, contact_eps_v, gravity, h, N, B, y_t, x_hat, g, H)
-        ok[e] = good
-        if good == 0:
+        if factor_exact(e, model, mass, stiffness, state_in, state_out, scratch, ok) == 0:
             return
+        h = model.dt
+        beta, kappa, c43, c13, c23h = step_coefficients(h)
+        free_index = model.free_index
+        n = free_index.shape[0]
+        cable = model.is_cable
+        lam = scratch.dx  # the adjoint solve
         # lambda = H^-1 (xbar'_f + kappa vbar'_f); explicit terms of v'_f = kappa (x'_f - x_hat_f)
         for p in range(n):
             f = free_index[p]
             if f >= 0:
-                w = adj_x_out[e, p] + kappa * adj_v_out[e, p]
+                w = adj_out.x[e, p] + kappa * adj_out.v[e, p]
                 for d in range(dim):
                     lam[f * dim + d, e] = w[d]
-                av = adj_v_out[e, p]
-                adj_x_in[e, p] = adj_x_in[e, p] - (kappa * c43) * av
-                adj_xp_in[e, p] = adj_xp_in[e, p] + (kappa * c13) * av
+                av = adj_out.v[e, p]
+                adj_in.x[e, p] = adj_in.x[e, p] - (kappa * c43) * av
+                adj_in.x_prev[e, p] = adj_in.x_prev[e, p] + (kappa * c13) * av
             else:
-                adj_xh[e, p] = adj_x_out[e, p]
-                adj_vh[e, p] = adj_v_out[e, p]
+                adj_xh[e, p] = adj_out.x[e, p]
+                adj_vh[e, p] = adj_out.v[e, p]
             # history shift x_prev' = x, v_prev' = v
-            adj_x_in[e, p] = adj_x_in[e, p] + adj_xp_out[e, p]
-            adj_v_in[e, p] = adj_v_in[e, p] + adj_vp_out[e, p]
-        la.band_solve(H, e, N, B, lam, lam)
+            adj_in.x[e, p] = adj_in.x[e, p] + adj_out.x_prev[e, p]
+            adj_in.v[e, p] = adj_in.v[e, p] + adj_out.v_prev[e, p]
+        la.band_solve(scratch.H, e, model.num_dofs, model.band, lam, lam)
         # inertia and gravity: ybar = m lambda; mbar = -lambda . ((x' - y) - beta g)
         for p in range(n):
             f = free_index[p]
@@ -226,15 +205,16 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 m = mass[e, p]
                 lf = bk.get_vec(lam, e, f)
                 yb = m * lf
-                adj_x_in[e, p] = adj_x_in[e, p] + c43 * yb
-                adj_xp_in[e, p] = adj_xp_in[e, p] - c13 * yb
-                adj_v_in[e, p] = adj_v_in[e, p] + (c23h * c43) * yb
-                adj_vp_in[e, p] = adj_vp_in[e, p] - (c23h * c13) * yb
-                adj_mass[e, p] = adj_mass[e, p] - wp.dot(lf, x_out[e, p] - bk.get_vec(y_t, e, f) - beta * gravity)
+                adj_in.x[e, p] = adj_in.x[e, p] + c43 * yb
+                adj_in.x_prev[e, p] = adj_in.x_prev[e, p] - c13 * yb
+                adj_in.v[e, p] = adj_in.v[e, p] + (c23h * c43) * yb
+                adj_in.v_prev[e, p] = adj_in.v_prev[e, p] - (c23h * c13) * yb
+                r = state_out.x[e, p] - bk.get_vec(scratch.y_t, e, f) - beta * model.gravity
+                adj_mass[e, p] = adj_mass[e, p] - wp.dot(lf, r)
         # springs and dampers
-        for s in range(spring_i.shape[0]):
-            pi = spring_i[s]
-            pj = spring_j[s]
+        for s in range(model.spring_i.shape[0]):
+            pi = model.spring_i[s]
+            pj = model.spring_j[s]
             fi = free_index[pi]
             fj = free_index[pj]
             li = vec()
@@ -244,8 +224,8 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             if fj >= 0:
                 lj = bk.get_vec(lam, e, fj)
             k = stiffness[e, s]
-            L = rest[e, s]
-            u, G, K = el.spring_terms(x_out[e, pi], x_out[e, pj], k, L, cable[s], 0)
+            L = model.rest_length[e, s]
+            u, G, K = el.spring_terms(state_out.x[e, pi], state_out.x[e, pj], k, L, cable[s], 0)
             # rho = -lambda is the adjoint of R; R_i += beta G, R_j -= beta G
             adj_stiffness[e, s] = adj_stiffness[e, s] - beta * wp.dot(li - lj, G) / k
             # handle ends: dR_free/dx'_h = -beta K
@@ -253,51 +233,44 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 adj_xh[e, pi] = adj_xh[e, pi] + beta * (K * lj)
             if fj < 0:
                 adj_xh[e, pj] = adj_xh[e, pj] + beta * (K * li)
-            c = damping[s]
-            if damping_active(x_in, e, pi, pj, c, L, cable[s]):
-                d0 = x_in[e, pi] - x_in[e, pj]
-                ud = d0 / wp.length(d0)
-                vi = end_velocity(e, pi, fi, x_out, x_hat, v_out, kappa)
-                vj = end_velocity(e, pj, fj, x_out, x_hat, v_out, kappa)
-                P = el.damping_direction_jacobian(vi - vj, d0, c)
-                uu = wp.outer(ud, ud)
+            c = model.damping[s]
+            if damping_active(state_in.x, e, pi, pj, c, L, cable[s]):
+                uu, P = damper_blocks(e, state_in, state_out, scratch.x_hat, pi, pj, fi, fj, c, kappa)
                 rd = -beta * (li - lj)  # adjoint of Gd
                 # x_hat dependence: dGd/dx_hat_i = -c kappa uu, dGd/dx_hat_j = +c kappa uu
                 if fi >= 0:
                     xhb = -(c * kappa) * (uu * rd)
-                    adj_x_in[e, pi] = adj_x_in[e, pi] + c43 * xhb
-                    adj_xp_in[e, pi] = adj_xp_in[e, pi] - c13 * xhb
+                    adj_in.x[e, pi] = adj_in.x[e, pi] + c43 * xhb
+                    adj_in.x_prev[e, pi] = adj_in.x_prev[e, pi] - c13 * xhb
                 else:
                     adj_vh[e, pi] = adj_vh[e, pi] + c * (uu * rd)
                 if fj >= 0:
                     xhb = (c * kappa) * (uu * rd)
-                    adj_x_in[e, pj] = adj_x_in[e, pj] + c43 * xhb
-                    adj_xp_in[e, pj] = adj_xp_in[e, pj] - c13 * xhb
+                    adj_in.x[e, pj] = adj_in.x[e, pj] + c43 * xhb
+                    adj_in.x_prev[e, pj] = adj_in.x_prev[e, pj] - c13 * xhb
                 else:
                     adj_vh[e, pj] = adj_vh[e, pj] - c * (uu * rd)
                 # direction u from x at the start of the step
                 db = wp.transpose(P) * rd
-                adj_x_in[e, pi] = adj_x_in[e, pi] + db
-                adj_x_in[e, pj] = adj_x_in[e, pj] - db
+                adj_in.x[e, pi] = adj_in.x[e, pi] + db
+                adj_in.x[e, pj] = adj_in.x[e, pj] - db
         # lagged friction: Gf(x', x_hat, x) with x_hat = 4/3 x - 1/3 xp (normal contact depends on x'
         # only and has no input partials)
-        if has_friction(contact_mu, e) != 0:
+        if has_friction(model.friction, e) != 0:
             for p in range(n):
                 f = free_index[p]
                 if f >= 0:
-                    vel = kappa * (x_out[e, p] - bk.get_vec(x_hat, e, f))
-                    Kv, J0 = friction_partials(e, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
-                                               contact_mu, contact_width, contact_eps_v, kappa)
+                    Kv, J0 = friction_partials(e, model, p, f, state_in, state_out, scratch.x_hat, kappa)
                     rd = -beta * bk.get_vec(lam, e, f)
                     xhb = -(Kv * rd)  # (dGf/dx_hat)^T rd, Kv symmetric
-                    adj_x_in[e, p] = adj_x_in[e, p] + c43 * xhb + wp.transpose(J0) * rd
-                    adj_xp_in[e, p] = adj_xp_in[e, p] - c13 * xhb
+                    adj_in.x[e, p] = adj_in.x[e, p] + c43 * xhb + wp.transpose(J0) * rd
+                    adj_in.x_prev[e, p] = adj_in.x_prev[e, p] - c13 * xhb
         # handle kinematics x'_h = x_h + h clip(a), v'_h = clip(a)
-        for kk in range(handle_particle.shape[0]):
-            p = handle_particle[kk]
-            mk = clip_mask(action[e, kk], velocity_limit[kk])
+        for kk in range(model.handle_particle.shape[0]):
+            p = model.handle_particle[kk]
+            mk = clip_mask(action[e, kk], model.velocity_limit[kk])
             axh = adj_xh[e, p]
-            adj_x_in[e, p] = adj_x_in[e, p] + axh
+            adj_in.x[e, p] = adj_in.x[e, p] + axh
             adj_action[e, kk] = adj_action[e, kk] + wp.cw_mul(mk, h * axh + adj_vh[e, p])
 
     @wp.func
@@ -368,68 +341,37 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
 
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_jacobian(
-        x_in: wp.array2d(dtype=vec),
-        v_in: wp.array2d(dtype=vec),
-        xp_in: wp.array2d(dtype=vec),
-        vp_in: wp.array2d(dtype=vec),
-        action: wp.array2d(dtype=vec),
-        mass: wp.array2d(dtype=dtype),
-        free_index: wp.array(dtype=int),
-        handle_index: wp.array(dtype=int),
-        handle_particle: wp.array(dtype=int),
-        velocity_limit: wp.array(dtype=vec),
-        spring_i: wp.array(dtype=int),
-        spring_j: wp.array(dtype=int),
-        stiffness: wp.array2d(dtype=dtype),
-        rest: wp.array2d(dtype=dtype),
-        damping: wp.array(dtype=dtype),
-        cable: wp.array(dtype=int),
-        geo_kind: wp.array(dtype=int),
-        geo_a: wp.array(dtype=vec),
-        geo_b: wp.array(dtype=vec),
-        geo_r: wp.array(dtype=dtype),
-        contact_k: wp.array2d(dtype=dtype),
-        contact_mu: wp.array2d(dtype=dtype),
-        contact_width: dtype,
-        contact_eps_v: dtype,
-        gravity: vec,
-        h: dtype,
-        N: int,
-        B: int,
-        x_out: wp.array2d(dtype=vec),
-        v_out: wp.array2d(dtype=vec),
-        H: wp.array2d(dtype=dtype),
-        g: wp.array2d(dtype=dtype),
-        y_t: wp.array2d(dtype=dtype),
-        x_hat: wp.array2d(dtype=dtype),
+        model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
+        # the converged forward step (of its outputs, x and v are read)
+        state_in: StateData, action: wp.array2d(dtype=vec), state_out: StateData,
+        scratch: NewtonScratch,
+        # (N * N, E) scratch: the inverse Hessian
         W: wp.array2d(dtype=dtype),
-        A: wp.array3d(dtype=dtype),
-        Bm: wp.array3d(dtype=dtype),
+        # outputs: the Jacobians (E, ns, ns) and (E, ns, na); ok (E,)
+        A: wp.array3d(dtype=dtype), Bm: wp.array3d(dtype=dtype),
         ok: wp.array(dtype=int),
     ):
         e = wp.tid()
-        n = free_index.shape[0]
         ns = A.shape[1]
         na = Bm.shape[2]
-        beta = dtype(4.0) * h * h / dtype(9.0)
-        kappa = dtype(1.5) / h
-        c43 = dtype(4.0) / dtype(3.0)
-        c13 = dtype(1.0) / dtype(3.0)
-        c23h = dtype(2.0) * h / dtype(3.0)
-        one = vec()
-        for d in range(dim):
-            one[d] = dtype(1.0)
-        good = factor_exact(e, x_out, x_in, v_in, xp_in, vp_in, v_out, mass, free_index, spring_i, spring_j,
-                            stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k, contact_mu,
-                            contact_width, contact_eps_v, gravity, h, N, B, y_t, x_hat, g, H)
-        ok[e] = good
-        if good == 0:
+        if factor_exact(e, model, mass, stiffness, state_in, state_out, scratch, ok) == 0:
             # not differentiable by this method: zeros rather than whatever the buffers held
             for r in range(ns):
                 zero_row(A, e, r, 0, ns)
                 zero_row(Bm, e, r, 0, na)
             return
-        band_inverse(H, e, N, B, W)
+        N = model.num_dofs
+        band_inverse(scratch.H, e, N, model.band, W)
+        h = model.dt
+        beta, kappa, c43, c13, c23h = step_coefficients(h)
+        one = vec()
+        for d in range(dim):
+            one[d] = dtype(1.0)
+        free_index = model.free_index
+        n = free_index.shape[0]
+        handle_index = model.handle_index
+        velocity_limit = model.velocity_limit
+        cable = model.is_cable
         # Rows of x'_f (0..N-1) and v'_f (N..2N-1), inertial part: dR/dy = -M with
         # y = 4/3 x - 1/3 xp + 2h/3 (4/3 v - 1/3 vp), so the columns of x, v, xp, vp are multiples of
         # W M; v'_f = kappa (x'_f - x_hat_f) with x_hat = 4/3 x - 1/3 xp. The handle and action
@@ -469,16 +411,16 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             i += 1
         # ... plus the response -W dR/dq to the other, sparse, terms of dR/dq: handle couplings,
         # damping and friction
-        for s in range(spring_i.shape[0]):
-            pi = spring_i[s]
-            pj = spring_j[s]
+        for s in range(model.spring_i.shape[0]):
+            pi = model.spring_i[s]
+            pj = model.spring_j[s]
             fi = free_index[pi]
             fj = free_index[pj]
             if fi < 0 and fj < 0:
                 continue
-            L = rest[e, s]
+            L = model.rest_length[e, s]
             if fi < 0 or fj < 0:
-                u, G, K = el.spring_terms(x_out[e, pi], x_out[e, pj], stiffness[e, s], L, cable[s], 0)
+                u, G, K = el.spring_terms(state_out.x[e, pi], state_out.x[e, pj], stiffness[e, s], L, cable[s], 0)
                 if fi < 0:
                     kh = handle_index[pi]
                     add_handle_coupling(W, e, N, kappa, beta, h, A, Bm, fj, kh, K,
@@ -487,14 +429,9 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                     kh = handle_index[pj]
                     add_handle_coupling(W, e, N, kappa, beta, h, A, Bm, fi, kh, K,
                                         clip_mask(action[e, kh], velocity_limit[kh]))
-            c = damping[s]
-            if damping_active(x_in, e, pi, pj, c, L, cable[s]):
-                d0 = x_in[e, pi] - x_in[e, pj]
-                ud = d0 / wp.length(d0)
-                vi = end_velocity(e, pi, fi, x_out, x_hat, v_out, kappa)
-                vj = end_velocity(e, pj, fj, x_out, x_hat, v_out, kappa)
-                P = el.damping_direction_jacobian(vi - vj, d0, c)
-                uu = wp.outer(ud, ud)
+            c = model.damping[s]
+            if damping_active(state_in.x, e, pi, pj, c, L, cable[s]):
+                uu, P = damper_blocks(e, state_in, state_out, scratch.x_hat, pi, pj, fi, fj, c, kappa)
                 # R_i += beta Gd (if i free), R_j -= beta Gd (if j free): rows fi (+) and fj (-).
                 # Gd depends on the x_hat of free ends (x_hat = 4/3 x - 1/3 xp), on the velocity
                 # of handle ends and, through its direction, on the positions at the start of the step
@@ -516,13 +453,11 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 add_solved_block(W, e, N, kappa, A, fi, fj, pos_column(N, fi, handle_index[pi]), P, beta * one)
                 add_solved_block(W, e, N, kappa, A, fi, fj, pos_column(N, fj, handle_index[pj]), P, -beta * one)
         # lagged friction of the free particles: R_f += beta Gf(x', x_hat, x), x_hat = 4/3 x - 1/3 xp
-        if has_friction(contact_mu, e) != 0:
+        if has_friction(model.friction, e) != 0:
             for p in range(n):
                 f = free_index[p]
                 if f >= 0:
-                    vel = kappa * (x_out[e, p] - bk.get_vec(x_hat, e, f))
-                    Kv, J0 = friction_partials(e, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
-                                               contact_mu, contact_width, contact_eps_v, kappa)
+                    Kv, J0 = friction_partials(e, model, p, f, state_in, state_out, scratch.x_hat, kappa)
                     add_solved_block(W, e, N, kappa, A, f, -1, f * dim, J0 - c43 * Kv, beta * one)
                     add_solved_block(W, e, N, kappa, A, f, -1, 2 * N + f * dim, Kv, (beta * c13) * one)
         # x_prev'_f = x_f, v_prev'_f = v_f, x'_h = x_h + h clip(a)
@@ -535,9 +470,10 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             else:
                 A[e, r, r] = dtype(1.0)
             r += 1
-        for kk in range(handle_particle.shape[0]):
+        for kk in range(model.handle_particle.shape[0]):
             mk = clip_mask(action[e, kk], velocity_limit[kk])
             for d in range(dim):
                 Bm[e, 4 * N + kk * dim + d, kk * dim + d] = h * mk[d]
 
-    return SimpleNamespace(bdf2_vjp=bdf2_vjp, bdf2_jacobian=bdf2_jacobian)
+    return SimpleNamespace(ModelData=ModelData, StateData=StateData, NewtonScratch=NewtonScratch, bdf2_vjp=bdf2_vjp,
+                           bdf2_jacobian=bdf2_jacobian)

@@ -42,6 +42,7 @@ from types import SimpleNamespace
 import warp as wp
 
 from .contact import contact_funcs
+from .data import kernel_structs
 from .elements import element_funcs
 from .linalg import band_funcs
 
@@ -83,13 +84,20 @@ STATUS_NAMES = {
 def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
     """Step and diagnostic kernels for one scalar type and spatial dimension. ``contact=False``
     compiles the contact terms out (for scenes without geometry: ~4 % faster on small systems);
-    the kernel signatures stay the same."""
+    the kernel signatures stay the same. The kernels take the static model as one ``ModelData``
+    struct (``Model.data``), stiffness and mass as separate (E, m) / (E, n) arrays (the torch
+    bridge passes its own), states as ``StateData`` and the Newton work arrays as one
+    ``NewtonScratch`` (``data.py``)."""
     el = element_funcs(dtype, dim)
     ct = contact_funcs(dtype, dim)
     WITH_CONTACT = 1 if contact else 0
     la = band_funcs(dtype)
     vec = el.vec
     mat = el.mat
+    structs = kernel_structs(dtype, dim)
+    ModelData = structs.ModelData
+    StateData = structs.StateData
+    NewtonScratch = structs.NewtonScratch
     # round-off allowance on Phi for the approximate-Armijo test (Hager & Zhang 2005), in units of
     # the error scale returned by assemble()
     NOISE = 64.0 * (1.1920929e-07 if dtype == wp.float32 else 2.220446049250313e-16)
@@ -137,18 +145,17 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         return v
 
     @wp.func
-    def store_targets(e: int, x_in: wp.array2d(dtype=vec), v_in: wp.array2d(dtype=vec),
-                      xp_in: wp.array2d(dtype=vec), vp_in: wp.array2d(dtype=vec),
-                      free_index: wp.array(dtype=int), h: dtype,
-                      y_t: wp.array2d(dtype=dtype), x_hat: wp.array2d(dtype=dtype)):
-        """Write the inertial target ``y`` and ``x_hat`` of every free DOF (module doc)."""
-        for p in range(free_index.shape[0]):
-            f = free_index[p]
+    def store_targets(e: int, model: ModelData, state_in: StateData, scratch: NewtonScratch):
+        """Write the inertial target ``y`` and ``x_hat`` of every free DOF of the step from
+        ``state_in`` into ``scratch.y_t`` / ``scratch.x_hat`` (module doc)."""
+        for p in range(model.free_index.shape[0]):
+            f = model.free_index[p]
             if f >= 0:
-                xh, y = inertial_target(x_in[e, p], v_in[e, p], xp_in[e, p], vp_in[e, p], h)
+                xh, y = inertial_target(state_in.x[e, p], state_in.v[e, p], state_in.x_prev[e, p],
+                                        state_in.v_prev[e, p], model.dt)
                 for d in range(dim):
-                    y_t[f * dim + d, e] = y[d]
-                    x_hat[f * dim + d, e] = xh[d]
+                    scratch.y_t[f * dim + d, e] = y[d]
+                    scratch.x_hat[f * dim + d, e] = xh[d]
 
     @wp.func
     def add_vec(g: wp.array2d(dtype=dtype), e: int, f: int, v: vec):
@@ -156,15 +163,15 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             g[f * dim + a, e] = g[f * dim + a, e] + v[a]
 
     @wp.func
-    def contact_particle(e: int, xq: vec, x0: vec, vel: vec, geo_kind: wp.array(dtype=int),
-                         geo_a: wp.array(dtype=vec), geo_b: wp.array(dtype=vec), geo_r: wp.array(dtype=dtype),
-                         contact_k: wp.array2d(dtype=dtype), contact_mu: wp.array2d(dtype=dtype),
-                         width: dtype, eps_v: dtype, kappa: dtype, project: int, cap: dtype):
+    def contact_particle(e: int, model: ModelData, xq: vec, x0: vec, vel: vec, kappa: dtype, project: int,
+                         cap: dtype):
         """Contact energy + friction dissipation potential of one free particle at ``xq`` against
-        every geometry, with gradient and Hessian (``contact.py``); ``x0`` is its position at the
-        start of the step (lagged normal force and tangent plane), ``vel`` its BDF2 velocity.
-        ``cap`` (N/m): with ``project``, the negative curvature of all boxes together stays above
-        ``-cap`` (shared equally between the boxes)."""
+        every geometry of ``model``, with gradient and Hessian (``contact.py``); ``x0`` is its
+        position at the start of the step (lagged normal force and tangent plane), ``vel`` its
+        BDF2 velocity. ``cap`` (N/m): with ``project``, the negative curvature of all boxes
+        together stays above ``-cap`` (shared equally between the boxes)."""
+        geo_kind = model.geo_kind
+        width = model.contact_width
         u = dtype(0.0)
         gr = vec()
         K = mat()
@@ -178,256 +185,211 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         cap_each = cap / dtype(wp.max(nbox, 1))
         k = int(0)
         while k < geo_kind.shape[0]:
-            kc = contact_k[e, k]
-            d, nrm, C = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], xq)
+            kc = model.contact_stiffness[e, k]
+            d, nrm, C = ct.signed_distance(geo_kind[k], model.geo_a[k], model.geo_b[k], model.geo_r[k], xq)
             if d < half:
                 uc, gc, Kc = ct.normal_terms(d, nrm, C, kc, width, project, cap_each)
                 u += uc
                 gr += gc
                 K += Kc
-            mu = contact_mu[e, k]
+            mu = model.friction[e, k]
             if mu > dtype(0.0):
-                d0, n0, C0 = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], x0)
+                d0, n0, C0 = ct.signed_distance(geo_kind[k], model.geo_a[k], model.geo_b[k], model.geo_r[k], x0)
                 if d0 < half:
                     e0, lam0, e20 = ct.penalty(d0, kc, width)
-                    uf, gf, Kf = ct.friction_terms(vel, n0, mu * lam0, eps_v, kappa)
+                    uf, gf, Kf = ct.friction_terms(vel, n0, mu * lam0, model.contact_eps_v, kappa)
                     u += uf
                     gr += gf
                     K += Kf
             k += 1
         return u, gr, K
 
-    @wp.func
-    def assemble(
-        e: int,
-        xq: wp.array2d(dtype=vec),
-        x_in: wp.array2d(dtype=vec),
-        y_t: wp.array2d(dtype=dtype),
-        x_hat: wp.array2d(dtype=dtype),
-        v_handle: wp.array2d(dtype=vec),
-        mass: wp.array2d(dtype=dtype),
-        free_index: wp.array(dtype=int),
-        spring_i: wp.array(dtype=int),
-        spring_j: wp.array(dtype=int),
-        stiffness: wp.array2d(dtype=dtype),
-        rest: wp.array2d(dtype=dtype),
-        damping: wp.array(dtype=dtype),
-        cable: wp.array(dtype=int),
-        geo_kind: wp.array(dtype=int),
-        geo_a: wp.array(dtype=vec),
-        geo_b: wp.array(dtype=vec),
-        geo_r: wp.array(dtype=dtype),
-        contact_k: wp.array2d(dtype=dtype),
-        contact_mu: wp.array2d(dtype=dtype),
-        contact_width: dtype,
-        contact_eps_v: dtype,
-        gravity: vec,
-        h: dtype,
-        N: int,
-        B: int,
-        project: int,
-        g: wp.array2d(dtype=dtype),
-        H: wp.array2d(dtype=dtype),
-    ):
-        """Incremental potential ``Phi`` at ``xq[e]``, the scale of its round-off error (the sum
-        over its terms of |term gradient| x |position| in max-norms, to be multiplied by the
-        machine epsilon)
-        and ``neg >= 0``, a bound on how far compressed bilateral springs pull the smallest eigenvalue
-        of the assembled matrix below that of its fully projected version (Weyl; 0 when
-        ``project == PROJECT_ALL``).
-        ``project``: ``PROJECT_NONE`` exact Hessian, ``PROJECT_CONTACT`` exact springs with the
-        contact curvature clamped, ``PROJECT_ALL`` PSD-projected springs too;
-        writes its gradient into ``g`` and its
-        Hessian into the band ``H`` (both (re)initialised here). ``y_t``/``x_hat`` (N, E) hold the
-        step's inertial target and ``x_hat`` (:func:`store_targets`); ``x_in`` the positions at
-        the start of the step (damping direction, lagged friction); ``v_handle`` the handle
-        velocities. Geometry ``geo_*`` (G,), per-env contact stiffness/friction ``contact_k``/
-        ``contact_mu`` (E, G), smoothing width and friction velocity ``contact_width``/
-        ``contact_eps_v`` (``contact.py``)."""
-        beta = dtype(4.0) * h * h / dtype(9.0)
-        kappa = dtype(1.5) / h
-        i = int(0)
-        while i < N:
-            g[i, e] = dtype(0.0)
-            i += 1
-        i = int(0)
-        while i < N * (B + 1):
-            H[i, e] = dtype(0.0)
-            i += 1
-        phi = dtype(0.0)
-        scale = dtype(0.0)
-        neg = dtype(0.0)
-        n = free_index.shape[0]
-        p = int(0)
-        while p < n:
-            f = free_index[p]
-            if f >= 0:
-                m = mass[e, p]
-                r = xq[e, p] - get_vec(y_t, e, f)
-                phi += dtype(0.5) * m * wp.dot(r, r) - beta * m * wp.dot(gravity, r)
-                scale += m * (amax(r) + beta * amax(gravity)) * amax(xq[e, p])
-                add_vec(g, e, f, m * r - (beta * m) * gravity)
-                for a in range(dim):
-                    la.band_add(H, e, B, f * dim + a, f * dim + a, m)
-            p += 1
-        s = int(0)
-        while s < spring_i.shape[0]:
-            pi = spring_i[s]
-            pj = spring_j[s]
-            fi = free_index[pi]
-            fj = free_index[pj]
-            xi = xq[e, pi]
-            xj = xq[e, pj]
-            L = rest[e, s]
-            u, gr, K = el.spring_terms(xi, xj, stiffness[e, s], L, cable[s], int(project == PROJECT_ALL))
-            if cable[s] == 0:
-                # compressed bilateral spring: its exact Hessian has the eigenvalue
-                # -2 beta k (L/l - 1) (relative transverse mode); sum them for a Weyl bound
-                # k (1 - L/l) from the trace of the block, tr K = k (1 + (dim - 1)(1 - L/l)); a
-                # projected block gives >= 0, as it should: that matrix is >= M
-                kct = (wp.trace(K) - stiffness[e, s]) / dtype(dim - 1)
-                if kct < dtype(0.0):
-                    neg -= dtype(2.0) * beta * kct
-            c = damping[s]
-            if c > dtype(0.0):
-                d0 = x_in[e, pi] - x_in[e, pj]
-                l0 = wp.length(d0)
-                if (cable[s] == 0 or l0 > L) and l0 > dtype(0.0):
-                    vi = v_handle[e, pi]
-                    vj = v_handle[e, pj]
-                    if fi >= 0:
-                        vi = kappa * (xi - get_vec(x_hat, e, fi))
-                    if fj >= 0:
-                        vj = kappa * (xj - get_vec(x_hat, e, fj))
-                    ud, gd, Kd = el.damping_terms(vi - vj, d0 / l0, c, kappa)
-                    u += ud
-                    gr += gd
-                    K += Kd
-            phi += beta * u
-            scale += beta * amax(gr) * (amax(xi) + amax(xj))
-            if fi >= 0:
-                add_vec(g, e, fi, beta * gr)
-                add_block(H, e, B, fi, fi, K, beta)
-            if fj >= 0:
-                add_vec(g, e, fj, -beta * gr)
-                add_block(H, e, B, fj, fj, K, beta)
-            if fi >= 0 and fj >= 0:
-                add_block(H, e, B, fi, fj, K, -beta)
-            s += 1
-        if WITH_CONTACT != 0 and geo_kind.shape[0] > 0:
+    def make_assemble(with_contact: int):
+        """:func:`assemble` with the contact terms compiled in (``with_contact``; only where the
+        model has geometry) or out (the start-up's spring, damping and gravity forces)."""
+
+        @wp.func
+        def assemble(e: int, model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
+                     xq: wp.array2d(dtype=vec), x_in: wp.array2d(dtype=vec), v_handle: wp.array2d(dtype=vec),
+                     project: int, scratch: NewtonScratch):
+            """Incremental potential ``Phi`` at ``xq[e]``, the scale of its round-off error (the
+            sum over its terms of |term gradient| x |position| in max-norms, to be multiplied by
+            the machine epsilon) and ``neg >= 0``, a bound on how far compressed bilateral springs
+            pull the smallest eigenvalue of the assembled matrix below that of its fully projected
+            version (Weyl; 0 when ``project == PROJECT_ALL``).
+            ``project``: ``PROJECT_NONE`` exact Hessian, ``PROJECT_CONTACT`` exact springs with the
+            contact curvature clamped, ``PROJECT_ALL`` PSD-projected springs too;
+            writes its gradient into ``scratch.g`` and its Hessian into the band ``scratch.H``
+            (both (re)initialised here). ``scratch.y_t``/``scratch.x_hat`` hold the step's
+            inertial target and ``x_hat`` (:func:`store_targets`); ``x_in`` the positions at the
+            start of the step (damping direction, lagged friction); ``v_handle`` the handle
+            velocities; ``mass`` (E, n) and ``stiffness`` (E, m) the per-env parameters;
+            everything else comes from ``model`` (contact against its geometry ``geo_*`` with
+            ``contact_stiffness``/``friction`` (E, G), ``contact.py``)."""
+            h = model.dt
+            beta = dtype(4.0) * h * h / dtype(9.0)
+            kappa = dtype(1.5) / h
+            B = model.band
+            g = scratch.g
+            H = scratch.H
+            i = int(0)
+            while i < model.num_dofs:
+                g[i, e] = dtype(0.0)
+                i += 1
+            i = int(0)
+            while i < model.num_dofs * (B + 1):
+                H[i, e] = dtype(0.0)
+                i += 1
+            free_index = model.free_index
+            cable = model.is_cable
+            gravity = model.gravity
+            phi = dtype(0.0)
+            scale = dtype(0.0)
+            neg = dtype(0.0)
+            n = free_index.shape[0]
             p = int(0)
             while p < n:
                 f = free_index[p]
                 if f >= 0:
-                    xp = xq[e, p]
-                    vel = kappa * (xp - get_vec(x_hat, e, f))
-                    cap = dtype(1.0 - MASS_FLOOR) * mass[e, p] / beta
-                    u, gr, K = contact_particle(e, xp, x_in[e, p], vel, geo_kind, geo_a, geo_b, geo_r, contact_k,
-                                                contact_mu, contact_width, contact_eps_v, kappa,
-                                                int(project != PROJECT_NONE), cap)
-                    phi += beta * u
-                    scale += beta * amax(gr) * amax(xp)
-                    add_vec(g, e, f, beta * gr)
-                    add_block(H, e, B, f, f, K, beta)
+                    m = mass[e, p]
+                    r = xq[e, p] - get_vec(scratch.y_t, e, f)
+                    phi += dtype(0.5) * m * wp.dot(r, r) - beta * m * wp.dot(gravity, r)
+                    scale += m * (amax(r) + beta * amax(gravity)) * amax(xq[e, p])
+                    add_vec(g, e, f, m * r - (beta * m) * gravity)
+                    for a in range(dim):
+                        la.band_add(H, e, B, f * dim + a, f * dim + a, m)
                 p += 1
-        return phi, scale, neg
+            s = int(0)
+            while s < model.spring_i.shape[0]:
+                pi = model.spring_i[s]
+                pj = model.spring_j[s]
+                fi = free_index[pi]
+                fj = free_index[pj]
+                xi = xq[e, pi]
+                xj = xq[e, pj]
+                L = model.rest_length[e, s]
+                u, gr, K = el.spring_terms(xi, xj, stiffness[e, s], L, cable[s], int(project == PROJECT_ALL))
+                if cable[s] == 0:
+                    # compressed bilateral spring: its exact Hessian has the eigenvalue
+                    # -2 beta k (L/l - 1) (relative transverse mode); sum them for a Weyl bound
+                    # k (1 - L/l) from the trace of the block, tr K = k (1 + (dim - 1)(1 - L/l)); a
+                    # projected block gives >= 0, as it should: that matrix is >= M
+                    kct = (wp.trace(K) - stiffness[e, s]) / dtype(dim - 1)
+                    if kct < dtype(0.0):
+                        neg -= dtype(2.0) * beta * kct
+                c = model.damping[s]
+                if c > dtype(0.0):
+                    d0 = x_in[e, pi] - x_in[e, pj]
+                    l0 = wp.length(d0)
+                    if (cable[s] == 0 or l0 > L) and l0 > dtype(0.0):
+                        vi = v_handle[e, pi]
+                        vj = v_handle[e, pj]
+                        if fi >= 0:
+                            vi = kappa * (xi - get_vec(scratch.x_hat, e, fi))
+                        if fj >= 0:
+                            vj = kappa * (xj - get_vec(scratch.x_hat, e, fj))
+                        ud, gd, Kd = el.damping_terms(vi - vj, d0 / l0, c, kappa)
+                        u += ud
+                        gr += gd
+                        K += Kd
+                phi += beta * u
+                scale += beta * amax(gr) * (amax(xi) + amax(xj))
+                if fi >= 0:
+                    add_vec(g, e, fi, beta * gr)
+                    add_block(H, e, B, fi, fi, K, beta)
+                if fj >= 0:
+                    add_vec(g, e, fj, -beta * gr)
+                    add_block(H, e, B, fj, fj, K, beta)
+                if fi >= 0 and fj >= 0:
+                    add_block(H, e, B, fi, fj, K, -beta)
+                s += 1
+            if with_contact != 0 and model.geo_kind.shape[0] > 0:
+                p = int(0)
+                while p < n:
+                    f = free_index[p]
+                    if f >= 0:
+                        xp = xq[e, p]
+                        vel = kappa * (xp - get_vec(scratch.x_hat, e, f))
+                        cap = dtype(1.0 - MASS_FLOOR) * mass[e, p] / beta
+                        u, gr, K = contact_particle(e, model, xp, x_in[e, p], vel, kappa, int(project != PROJECT_NONE),
+                                                    cap)
+                        phi += beta * u
+                        scale += beta * amax(gr) * amax(xp)
+                        add_vec(g, e, f, beta * gr)
+                        add_block(H, e, B, f, f, K, beta)
+                    p += 1
+            return phi, scale, neg
+
+        return assemble
+
+    assemble = make_assemble(WITH_CONTACT)
+    # the start-up history takes spring, damping and gravity forces only (startup())
+    assemble_no_contact = make_assemble(0) if contact else assemble
 
     @wp.func
-    def set_iterate(e: int, free_index: wp.array(dtype=int), base: wp.array2d(dtype=dtype),
-                    dx: wp.array2d(dtype=dtype), alpha: dtype, xq: wp.array2d(dtype=vec)):
-        """``xq = base + alpha dx`` on the free particles."""
+    def set_iterate(e: int, model: ModelData, scratch: NewtonScratch, alpha: dtype, xq: wp.array2d(dtype=vec)):
+        """``xq = base + alpha dx`` (``scratch``) on the free particles."""
         p = int(0)
-        while p < free_index.shape[0]:
-            f = free_index[p]
+        while p < model.free_index.shape[0]:
+            f = model.free_index[p]
             if f >= 0:
                 v = vec()
                 for a in range(dim):
-                    v[a] = base[f * dim + a, e] + alpha * dx[f * dim + a, e]
+                    v[a] = scratch.base[f * dim + a, e] + alpha * scratch.dx[f * dim + a, e]
                 xq[e, p] = v
             p += 1
 
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_step(
-        x_in: wp.array2d(dtype=vec),
-        v_in: wp.array2d(dtype=vec),
-        xp_in: wp.array2d(dtype=vec),
-        vp_in: wp.array2d(dtype=vec),
+        model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
+        state_in: StateData,
         action: wp.array2d(dtype=vec),
-        mass: wp.array2d(dtype=dtype),
-        free_index: wp.array(dtype=int),
-        handle_particle: wp.array(dtype=int),
-        velocity_limit: wp.array(dtype=vec),
-        spring_i: wp.array(dtype=int),
-        spring_j: wp.array(dtype=int),
-        stiffness: wp.array2d(dtype=dtype),
-        rest: wp.array2d(dtype=dtype),
-        damping: wp.array(dtype=dtype),
-        cable: wp.array(dtype=int),
-        geo_kind: wp.array(dtype=int),
-        geo_a: wp.array(dtype=vec),
-        geo_b: wp.array(dtype=vec),
-        geo_r: wp.array(dtype=dtype),
-        contact_k: wp.array2d(dtype=dtype),
-        contact_mu: wp.array2d(dtype=dtype),
-        contact_width: dtype,
-        contact_eps_v: dtype,
-        gravity: vec,
-        h: dtype,
-        N: int,
-        B: int,
-        max_iters: int,
-        tol: dtype,
-        ls_max: int,
-        # scratch (N * (B + 1), E) and (N, E)
-        H: wp.array2d(dtype=dtype),
-        g: wp.array2d(dtype=dtype),
-        dx: wp.array2d(dtype=dtype),
-        base: wp.array2d(dtype=dtype),
-        y_t: wp.array2d(dtype=dtype),
-        x_hat: wp.array2d(dtype=dtype),
+        scratch: NewtonScratch,
         step_index: int,
         # outputs
-        x_out: wp.array2d(dtype=vec),
-        v_out: wp.array2d(dtype=vec),
-        xp_out: wp.array2d(dtype=vec),
-        vp_out: wp.array2d(dtype=vec),
+        state_out: StateData,
         status: wp.array(dtype=int),
         iters: wp.array(dtype=int),
         residual: wp.array(dtype=dtype),
         first_fail_step: wp.array(dtype=int),
         first_fail_status: wp.array(dtype=int),
     ):
+        """One BDF2 step of env ``e`` from ``state_in`` with ``action`` (E, h) into ``state_out``
+        (module doc); per env the ``status`` (``STATUS_*``), Newton ``iters`` and final
+        ``residual`` (m/s), and, at the first failure since they were reset (-1), its step
+        ``first_fail_step = step_index`` and ``first_fail_status``."""
         e = wp.tid()
+        h = model.dt
+        free_index = model.free_index
         n = free_index.shape[0]
+        x_out = state_out.x
         # history shift and handle kinematics
         for p in range(n):
-            xp_out[e, p] = x_in[e, p]
-            vp_out[e, p] = v_in[e, p]
+            state_out.x_prev[e, p] = state_in.x[e, p]
+            state_out.v_prev[e, p] = state_in.v[e, p]
         bad_action = int(0)
-        for k in range(handle_particle.shape[0]):
-            p = handle_particle[k]
+        for k in range(model.handle_particle.shape[0]):
+            p = model.handle_particle[k]
             act = action[e, k]
-            lim = velocity_limit[k]
+            lim = model.velocity_limit[k]
             ac = vec()
             for d in range(dim):
                 if wp.isfinite(act[d]):
                     ac[d] = wp.clamp(act[d], -lim[d], lim[d])
                 else:
                     bad_action = 1  # reported below; the handle holds still instead of moving on NaN
-            x_out[e, p] = x_in[e, p] + h * ac
-            v_out[e, p] = ac
+            x_out[e, p] = state_in.x[e, p] + h * ac
+            state_out.v[e, p] = ac
         # predictor: the inertial target y
-        store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
+        store_targets(e, model, state_in, scratch)
         for p in range(n):
             f = free_index[p]
             if f >= 0:
-                x_out[e, p] = get_vec(y_t, e, f)
+                x_out[e, p] = get_vec(scratch.y_t, e, f)
         # the first Newton matrix (at the predictor, far from the solution) is fully projected;
         # later ones keep the exact spring Hessian where it is positive definite
-        phi, phi_scale, neg = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
-                                       spring_j, stiffness, rest, damping, cable, geo_kind, geo_a, geo_b,
-                                       geo_r, contact_k, contact_mu, contact_width, contact_eps_v, gravity, h,
-                                       N, B, PROJECT_ALL, g, H)
+        phi, phi_scale, neg = assemble(e, model, mass, stiffness, x_out, state_in.x, state_out.v, PROJECT_ALL,
+                                       scratch)
         st = STATUS_MAX_ITERS
         it = int(0)
         res = dtype(0.0)
@@ -440,11 +402,16 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         for p in range(n):
             if free_index[p] >= 0:
                 m_min = wp.min(m_min, mass[e, p])
-        for k in range(geo_kind.shape[0]):
-            if geo_kind[k] != 0:
+        for k in range(model.geo_kind.shape[0]):
+            if model.geo_kind[k] != 0:
                 m_min = dtype(MASS_FLOOR) * m_min
                 break
-        while it < max_iters:
+        N = model.num_dofs
+        B = model.band
+        tol = model.tol
+        g = scratch.g
+        dx = scratch.dx
+        while it < model.max_iters:
             if not wp.isfinite(phi):
                 st = STATUS_NONFINITE
                 break
@@ -461,19 +428,17 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             # Newton matrix: the exact spring Hessian where it is positive definite (quadratic
             # convergence), else the PSD projection of every indefinite term (still a descent
             # direction, linear convergence)
-            if la.band_cholesky(H, e, N, B) == 0:
-                phi, phi_scale, neg = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index, spring_i,
-                                                 spring_j, stiffness, rest, damping, cable, geo_kind, geo_a,
-                                                 geo_b, geo_r, contact_k, contact_mu, contact_width,
-                                                 contact_eps_v, gravity, h, N, B, PROJECT_ALL, g, H)
-                if la.band_cholesky(H, e, N, B) == 0:
+            if la.band_cholesky(scratch.H, e, N, B) == 0:
+                phi, phi_scale, neg = assemble(e, model, mass, stiffness, x_out, state_in.x, state_out.v,
+                                               PROJECT_ALL, scratch)
+                if la.band_cholesky(scratch.H, e, N, B) == 0:
                     st = STATUS_NOT_PD
                     break
             i = int(0)
             while i < N:
                 dx[i, e] = -g[i, e]
                 i += 1
-            la.band_solve(H, e, N, B, dx, dx)
+            la.band_solve(scratch.H, e, N, B, dx, dx)
             it += 1
             slope = dtype(0.0)
             res = dtype(0.0)
@@ -490,7 +455,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 if f >= 0:
                     xb = x_out[e, p]
                     for a in range(dim):
-                        base[f * dim + a, e] = xb[a]
+                        scratch.base[f * dim + a, e] = xb[a]
                 p += 1
             if not wp.isfinite(res):
                 st = STATUS_NONFINITE
@@ -498,7 +463,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             # converged: below tol, or stalled at the round-off floor (a Newton step that no
             # longer halves while already within STALL_FACTOR * tol)
             if res <= tol or (res <= dtype(STALL_FACTOR) * tol and res > dtype(0.5) * prev_res):
-                set_iterate(e, free_index, base, dx, dtype(1.0), x_out)
+                set_iterate(e, model, scratch, dtype(1.0), x_out)
                 st = STATUS_OK
                 break
             # backtracking line search on Phi: Armijo (with the overshoot bound CURVATURE_C2),
@@ -508,12 +473,11 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             # Phi differences drown in round-off
             alpha = dtype(1.0)
             noise = dtype(NOISE) * phi_scale
+            ls_max = model.line_search_max
             for ls in range(ls_max + 1):
-                set_iterate(e, free_index, base, dx, alpha, x_out)
-                phi_t, scale_t, neg_t = assemble(e, x_out, x_in, y_t, x_hat, v_out, mass, free_index,
-                                                   spring_i, spring_j, stiffness, rest, damping, cable, geo_kind,
-                                                   geo_a, geo_b, geo_r, contact_k, contact_mu, contact_width,
-                                                   contact_eps_v, gravity, h, N, B, PROJECT_CONTACT, g, H)
+                set_iterate(e, model, scratch, alpha, x_out)
+                phi_t, scale_t, neg_t = assemble(e, model, mass, stiffness, x_out, state_in.x, state_out.v,
+                                                 PROJECT_CONTACT, scratch)
                 slope_t = dtype(0.0)
                 i = int(0)
                 while i < N:
@@ -533,7 +497,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         for p in range(n):
             f = free_index[p]
             if f >= 0:
-                v_out[e, p] = kappa * (x_out[e, p] - get_vec(x_hat, e, f))
+                state_out.v[e, p] = kappa * (x_out[e, p] - get_vec(scratch.x_hat, e, f))
         if bad_action != 0:
             st = STATUS_NONFINITE
         status[e] = st
@@ -545,120 +509,70 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
 
     @wp.kernel(enable_backward=False, module="unique")
     def potential(
+        model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
         xq: wp.array2d(dtype=vec),
-        x_in: wp.array2d(dtype=vec),
-        v_in: wp.array2d(dtype=vec),
-        xp_in: wp.array2d(dtype=vec),
-        vp_in: wp.array2d(dtype=vec),
+        state_in: StateData,
         v_handle: wp.array2d(dtype=vec),
-        mass: wp.array2d(dtype=dtype),
-        free_index: wp.array(dtype=int),
-        spring_i: wp.array(dtype=int),
-        spring_j: wp.array(dtype=int),
-        stiffness: wp.array2d(dtype=dtype),
-        rest: wp.array2d(dtype=dtype),
-        damping: wp.array(dtype=dtype),
-        cable: wp.array(dtype=int),
-        geo_kind: wp.array(dtype=int),
-        geo_a: wp.array(dtype=vec),
-        geo_b: wp.array(dtype=vec),
-        geo_r: wp.array(dtype=dtype),
-        contact_k: wp.array2d(dtype=dtype),
-        contact_mu: wp.array2d(dtype=dtype),
-        contact_width: dtype,
-        contact_eps_v: dtype,
-        gravity: vec,
-        h: dtype,
-        N: int,
-        B: int,
         project: int,
-        y_t: wp.array2d(dtype=dtype),
-        x_hat: wp.array2d(dtype=dtype),
-        g: wp.array2d(dtype=dtype),
-        H: wp.array2d(dtype=dtype),
+        scratch: NewtonScratch,
         phi: wp.array(dtype=dtype),
     ):
-        """Diagnostic: ``Phi``, its gradient and banded Hessian at ``xq`` (handles at ``xq`` too);
-        ``y_t``/``x_hat`` are (N, E) scratch."""
+        """Diagnostic: ``Phi``, its gradient (``scratch.g``) and banded Hessian (``scratch.H``) at
+        ``xq`` (handles at ``xq`` too) for the step from ``state_in``, with handle velocities
+        ``v_handle``."""
         e = wp.tid()
-        store_targets(e, x_in, v_in, xp_in, vp_in, free_index, h, y_t, x_hat)
-        value, scale, neg = assemble(e, xq, x_in, y_t, x_hat, v_handle, mass, free_index, spring_i, spring_j,
-                                stiffness, rest, damping, cable, geo_kind, geo_a, geo_b, geo_r, contact_k,
-                                contact_mu, contact_width, contact_eps_v, gravity, h, N, B, project, g, H)
+        store_targets(e, model, state_in, scratch)
+        value, scale, neg = assemble(e, model, mass, stiffness, xq, state_in.x, v_handle, project, scratch)
         phi[e] = value
 
     @wp.kernel(enable_backward=False, module="unique")
     def startup(
+        model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
         x_new: wp.array2d(dtype=vec),
         v_new: wp.array2d(dtype=vec),
         mask: wp.array(dtype=int),
-        no_geometry: wp.array(dtype=int),
-        mass: wp.array2d(dtype=dtype),
-        free_index: wp.array(dtype=int),
-        spring_i: wp.array(dtype=int),
-        spring_j: wp.array(dtype=int),
-        stiffness: wp.array2d(dtype=dtype),
-        rest: wp.array2d(dtype=dtype),
-        damping: wp.array(dtype=dtype),
-        cable: wp.array(dtype=int),
-        geo_kind: wp.array(dtype=int),
-        geo_a: wp.array(dtype=vec),
-        geo_b: wp.array(dtype=vec),
-        geo_r: wp.array(dtype=dtype),
-        contact_k: wp.array2d(dtype=dtype),
-        contact_mu: wp.array2d(dtype=dtype),
-        contact_width: dtype,
-        contact_eps_v: dtype,
-        gravity: vec,
-        h: dtype,
-        N: int,
-        B: int,
-        y_t: wp.array2d(dtype=dtype),
-        x_hat: wp.array2d(dtype=dtype),
-        g: wp.array2d(dtype=dtype),
-        H: wp.array2d(dtype=dtype),
-        x: wp.array2d(dtype=vec),
-        v: wp.array2d(dtype=vec),
-        xp: wp.array2d(dtype=vec),
-        vp: wp.array2d(dtype=vec),
+        scratch: NewtonScratch,
+        state: StateData,
     ):
         """Start a BDF2 history (envs with ``mask[e] != 0``): ``x = x_new``, ``v = v_new`` and, with
         the acceleration ``a = M^-1 f(x, v) + gravity`` of the spring, damping and gravity forces,
         ``x_prev = x - h v + h^2/2 a`` and ``v_prev = v - h a`` (Taylor to O(h^3) and O(h^2): the
-        first step keeps the method's second order). ``f`` is taken from :func:`assemble` at
-        ``x' = y = x`` with ``x_hat = x - v/kappa`` (so the damping velocities are ``v``) and no
-        geometry (``no_geometry`` is empty): its gradient is ``-beta M a``. Contact forces are
+        first step keeps the method's second order), all written into ``state``. ``f`` is taken
+        from :func:`assemble` at ``x' = y = x`` with ``x_hat = x - v/kappa`` (so the damping
+        velocities are ``v``) and the contact terms compiled out (``assemble_no_contact``): its
+        gradient is ``-beta M a``. Contact forces are
         stiff and one-sided, so their Taylor history would be meaningless: a particle within the
         contact band (``d < width/2``) of some geometry at reset starts with ``a = 0``."""
         e = wp.tid()
         if mask[e] == 0:
             return
+        h = model.dt
+        free_index = model.free_index
         kappa = dtype(1.5) / h
         beta = dtype(4.0) * h * h / dtype(9.0)
         for p in range(free_index.shape[0]):
-            x[e, p] = x_new[e, p]
-            v[e, p] = v_new[e, p]
+            state.x[e, p] = x_new[e, p]
+            state.v[e, p] = v_new[e, p]
             f = free_index[p]
             if f >= 0:
                 for d in range(dim):
-                    y_t[f * dim + d, e] = x_new[e, p][d]
-                    x_hat[f * dim + d, e] = x_new[e, p][d] - v_new[e, p][d] / kappa
-        phi, scale, neg = assemble(e, x_new, x_new, y_t, x_hat, v_new, mass, free_index, spring_i, spring_j,
-                                   stiffness, rest, damping, cable, no_geometry, geo_a, geo_b, geo_r, contact_k,
-                                   contact_mu, contact_width, contact_eps_v, gravity, h, N, B, PROJECT_ALL, g, H)
+                    scratch.y_t[f * dim + d, e] = x_new[e, p][d]
+                    scratch.x_hat[f * dim + d, e] = x_new[e, p][d] - v_new[e, p][d] / kappa
+        phi, scale, neg = assemble_no_contact(e, model, mass, stiffness, x_new, x_new, v_new, PROJECT_ALL, scratch)
         for p in range(free_index.shape[0]):
             f = free_index[p]
             a = vec()
             if f >= 0:
-                a = -get_vec(g, e, f) / (beta * mass[e, p])
-                for k in range(geo_kind.shape[0]):
-                    dist, nrm, C = ct.signed_distance(geo_kind[k], geo_a[k], geo_b[k], geo_r[k], x_new[e, p])
-                    if dist < dtype(0.5) * contact_width:
+                a = -get_vec(scratch.g, e, f) / (beta * mass[e, p])
+                for k in range(model.geo_kind.shape[0]):
+                    dist, nrm, C = ct.signed_distance(model.geo_kind[k], model.geo_a[k], model.geo_b[k],
+                                                      model.geo_r[k], x_new[e, p])
+                    if dist < dtype(0.5) * model.contact_width:
                         a = vec()
-            xp[e, p] = x_new[e, p] - h * v_new[e, p] + (dtype(0.5) * h * h) * a
-            vp[e, p] = v_new[e, p] - h * a
+            state.x_prev[e, p] = x_new[e, p] - h * v_new[e, p] + (dtype(0.5) * h * h) * a
+            state.v_prev[e, p] = v_new[e, p] - h * a
 
-    return SimpleNamespace(vec=vec, mat=mat, bdf2_step=bdf2_step, potential=potential, assemble=assemble,
-                           startup=startup,
+    return SimpleNamespace(vec=vec, mat=mat, ModelData=ModelData, StateData=StateData, NewtonScratch=NewtonScratch,
+                           bdf2_step=bdf2_step, potential=potential, assemble=assemble, startup=startup,
                            inertial_target=inertial_target, add_block=add_block, add_vec=add_vec,
                            get_vec=get_vec, store_targets=store_targets, contact_particle=contact_particle)

@@ -16,9 +16,11 @@ import warp as wp
 import warpsim_rl as ws
 from warpsim_rl import SceneBuilder, SceneError, Simulator, load_scene
 from warpsim_rl.autodiff import TorchSimulator
-from warpsim_rl.contact_scenes import cloth_lay_actions, cloth_place_target, grid_faces, rollout
 from warpsim_rl.kernels.bdf2 import MASS_FLOOR, bdf2_kernels
 from warpsim_rl.scene import ContactSettings, scene_from_dict
+from warpsim_rl.tasks.place import cloth_lay_actions, cloth_place_target
+from warpsim_rl.usd import record_rollout
+from warpsim_rl.viz.geometry import grid_faces
 
 G = 9.81
 F64 = wp.float64
@@ -325,19 +327,18 @@ def potential(model, xq, x_in, v_in, xp_in, vp_in, v_handle, project):
     E, N, B = m.num_envs, m.num_dofs, m.band
     K = bdf2_kernels(F64, m.dim)
     arr = lambda a: wp.array(np.ascontiguousarray(a), dtype=m.vec, device=d)  # noqa: E731
-    y_t, x_hat, g = (wp.zeros((N, E), dtype=F64, device=d) for _ in range(3))
-    H = wp.full((N * (B + 1), E), 7.0, dtype=F64, device=d)
+    sc = m.newton_scratch()
+    sc.H.fill_(7.0)
     phi = wp.zeros(E, dtype=F64, device=d)
     wp.launch(K.potential, dim=E, device=d, inputs=[
-        arr(xq), arr(x_in), arr(v_in), arr(xp_in), arr(vp_in), arr(v_handle), m.mass, m.free_index,
-        m.spring_i, m.spring_j, m.stiffness, m.rest_length, m.damping, m.is_cable, *m.contact_args(), m.gravity,
-        F64(m.dt), N, B, int(project), y_t, x_hat, g, H, phi])
-    Hb = H.numpy()
+        m.data, m.mass, m.stiffness, arr(xq), m.state_data([arr(a) for a in (x_in, v_in, xp_in, vp_in)]),
+        arr(v_handle), int(project), sc, phi])
+    Hb = sc.H.numpy()
     Hd = np.zeros((E, N, N))
     for i in range(N):
         for j in range(max(0, i - B), i + 1):
             Hd[:, i, j] = Hd[:, j, i] = Hb[i * (B + 1) + (i - j)]
-    return phi.numpy(), g.numpy().T.copy(), Hd
+    return phi.numpy(), sc.g.numpy().T.copy(), Hd
 
 
 @pytest.mark.parametrize("case", ["plane3d_slide", "plane2d_ramp", "box3d_edge", "box2d_edge", "box3d_corner"])
@@ -834,7 +835,7 @@ def test_scripted_laying_puts_the_cloth_flat_on_the_table(device):
     """cloth_lay_actions lays cloth_table's cloth flat on the table top (float32): every free
     particle ends within 2 mm of the top, on the table, as a 0.6 m x 0.3 m rectangle."""
     sc = load_scene("cloth_table")
-    xs = rollout(sc, cloth_lay_actions(sc, 125), envs=1, device=device)
+    xs = record_rollout(sc, 1, actions=cloth_lay_actions(sc, 125), device=device).positions
     x = xs[-1, 0]
     free = sc.free_particles
     assert np.abs(x[free, 1] - 0.75).max() < 2e-3

@@ -284,16 +284,13 @@ def potential_eval(model, xq, x_in, v_in, xp_in, vp_in, v_handle, project):
     E, N, B = m.num_envs, m.num_dofs, m.band
     K = bdf2_kernels(F64, m.dim)
     arr = lambda a: wp.array(np.ascontiguousarray(a), dtype=vec, device=d)  # noqa: E731
-    y_t = wp.zeros((N, E), dtype=F64, device=d)
-    x_hat = wp.zeros((N, E), dtype=F64, device=d)
-    g = wp.zeros((N, E), dtype=F64, device=d)
-    H = wp.full((N * (B + 1), E), 123.0, dtype=F64, device=d)  # garbage: assemble must reset it
+    sc = m.newton_scratch()
+    sc.H.fill_(123.0)  # garbage: assemble must reset it
     phi = wp.zeros(E, dtype=F64, device=d)
     wp.launch(K.potential, dim=E, device=d, inputs=[
-        arr(xq), arr(x_in), arr(v_in), arr(xp_in), arr(vp_in), arr(v_handle), m.mass, m.free_index,
-        m.spring_i, m.spring_j, m.stiffness, m.rest_length, m.damping, m.is_cable, *m.contact_args(), m.gravity,
-        F64(m.dt), N, B, int(project), y_t, x_hat, g, H, phi])
-    return phi.numpy(), g.numpy().T.copy(), H.numpy(), y_t.numpy().T.copy()
+        m.data, m.mass, m.stiffness, arr(xq), m.state_data([arr(a) for a in (x_in, v_in, xp_in, vp_in)]),
+        arr(v_handle), int(project), sc, phi])
+    return phi.numpy(), sc.g.numpy().T.copy(), sc.H.numpy(), sc.y_t.numpy().T.copy()
 
 
 def numpy_phi(scene, xq, x_in, v_in, xp_in, vp_in, v_handle):

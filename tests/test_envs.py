@@ -299,7 +299,7 @@ def test_rollout_differentiable_policy():
 
 
 def test_bench_envs_hook():
-    from warpsim_rl.envs.bench_envs import bench_envs
+    from warpsim_rl.bench.envs import bench_envs
 
     out = bench_envs(envs=8, steps=3, repeats=1, tasks=["pendulum2d-stop", "rope3d-stop-origin"])
     assert out["benchmark"] == "envs" and len(out["rows"]) == 2
@@ -309,9 +309,9 @@ def test_bench_envs_hook():
 
 
 def test_system_pictures_render(tmp_path):
-    """docs/images/env_*.png are drawn by the project's own code (warpsim_rl.envs.pictures)."""
+    """docs/images/env_*.png are drawn by the project's own code (warpsim_rl.viz.systems)."""
     pytest.importorskip("matplotlib")
-    from warpsim_rl.envs.pictures import render_all
+    from warpsim_rl.viz.systems import render_all
 
     paths = render_all(tmp_path, systems=("cable_payload2d", "double_pendulum3d"))
     assert [p.name for p in paths] == ["env_cable_payload2d.png", "env_double_pendulum3d.png"]

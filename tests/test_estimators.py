@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from warpsim_rl import estimators as est
-from warpsim_rl.algos import ALGORITHMS, TrainConfig
+from warpsim_rl.algos import RunConfig, algo_config, make_algorithm
 from warpsim_rl.algos.estimator_pg import EstimatorPG, NoisyPolicy, policy_vjp_per_sample
 from warpsim_rl.tasks import make_task
 
@@ -176,7 +176,7 @@ def test_input_validation():
 def test_zobg_and_fobg_agree_through_the_simulator():
     """Smooth open-loop problem (pendulum2d, 10 steps, 2 segments): the FoBG through the implicit
     adjoints and the ZoBG agree within their standard errors."""
-    from warpsim_rl.bench_estimators import OpenLoopProblem
+    from warpsim_rl.bench.estimators import OpenLoopProblem
 
     task = make_task("pendulum2d-stop", horizon=10)
     pos = np.array(task.scene.positions)
@@ -208,11 +208,10 @@ def test_policy_vjp_per_sample_matches_a_loop():
 
 
 def _algo(method, **kw):
-    cfg = TrainConfig(env="pendulum2d-stop", algo=method, num_envs=3, pg_samples=2, pg_sigma=0.3, dtype="float64",
-                      horizon=6, hidden=(8,), usd_envs=0, **kw)
-    cfg.validate()
-    task = make_task(cfg.env, horizon=cfg.horizon)
-    return ALGORITHMS[method](task, cfg), task
+    run = RunConfig(env="pendulum2d-stop", algo=method, num_envs=3, dtype="float64", horizon=6, usd_envs=0)
+    cfg = algo_config(method, samples=2, sigma=0.3, hidden=(8,), **kw)
+    task = make_task(run.env, horizon=run.horizon)
+    return make_algorithm(task, run, cfg), task
 
 
 def test_fobg_policy_gradient_equals_bptt_through_the_noisy_rollouts():
@@ -221,9 +220,9 @@ def test_fobg_policy_gradient_equals_bptt_through_the_noisy_rollouts():
     fo, _ = algo.first_order()
     # replay the same initial states and noise, and differentiate the mean return directly
     algo.rng.bit_generator.state = state
-    s0 = algo._initial(algo.fo_rollouts, 2)
+    s0 = algo.initial_state(algo.fo_core, 2)
     noise = algo._noise(6)
-    traj = algo.fo_rollouts.policy(NoisyPolicy(algo.policy, noise), s0, task.horizon, graph=True)
+    traj = algo.fo_core.rollout(NoisyPolicy(algo.policy, noise), s0, task.horizon, graph=True)
     grads = torch.autograd.grad(traj.returns.mean(), list(algo.policy.parameters()))
     torch.testing.assert_close(fo.grad, torch.cat([g.reshape(-1) for g in grads]))
 
@@ -234,11 +233,11 @@ def test_zobg_policy_gradient_is_the_likelihood_ratio():
     state = algo.rng.bit_generator.state
     zo, stats = algo.zeroth_order()
     algo.rng.bit_generator.state = state
-    s0 = algo._initial(algo.zo_rollouts, K + 1)
+    s0 = algo.initial_state(algo.zo_core, K + 1)
     noise = algo._noise(B * (K + 1))
     noise[:, B * K:] = 0.0
     with torch.no_grad():
-        traj = algo.zo_rollouts.policy(NoisyPolicy(algo.policy, noise), s0, task.horizon)
+        traj = algo.zo_core.rollout(NoisyPolicy(algo.policy, noise), s0, task.horizon)
     V = traj.returns
     adv = V[:B * K] - V[B * K:].repeat(K)
     # 1/(N sigma^2) sum_i adv_i sum_h (d pi/d theta(o_ih))^T w_ih, one backward pass of a surrogate
@@ -250,7 +249,7 @@ def test_zobg_policy_gradient_is_the_likelihood_ratio():
 
 @pytest.mark.parametrize("method", ["zobg", "fobg", "aobg"])
 def test_training_epochs_run_and_report(method):
-    algo, _ = _algo(method, aobg_gamma=1e6)
+    algo, _ = _algo(method, alpha_gamma=1e6)
     before = [p.detach().clone() for p in algo.policy.parameters()]
     m = algo.train_epoch()
     assert m["train/diverged"] == 0 and math.isfinite(m["train/return_before"]) and m["train/grad_norm"] > 0
@@ -259,18 +258,18 @@ def test_training_epochs_run_and_report(method):
         assert 0.0 < m["train/alpha"] <= 1.0  # huge gamma: the interior optimum
     # exact resume: a restored copy takes the same next step
     state = algo.state_dict()
-    twin, _ = _algo(method, aobg_gamma=1e6)
+    twin, _ = _algo(method, alpha_gamma=1e6)
     twin.load_state_dict(state)
     m1, m2 = algo.train_epoch(), twin.train_epoch()
     assert m1 == m2
 
 
 def test_config_validation():
-    for bad in (dict(pg_samples=0), dict(pg_sigma=0.0), dict(aobg_gamma=-1.0), dict(aobg_delta=1.0)):
-        with pytest.raises(ValueError):
-            TrainConfig(algo="aobg", **bad).validate()
-    with pytest.raises(ValueError):
-        EstimatorPG(make_task("pendulum2d-stop"), TrainConfig(), "sobg")
+    for bad in (dict(samples=0), dict(sigma=0.0), dict(alpha_gamma=-1.0), dict(alpha_delta=1.0), dict(method="sobg")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            algo_config("aobg", **bad)
+    with pytest.raises(TypeError, match="EstimatorConfig"):
+        EstimatorPG(make_task("pendulum2d-stop"), RunConfig(), algo_config("bptt"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +277,7 @@ def test_config_validation():
 # ------------------------------------------------------------------------------------------------
 
 def test_study_row_and_wall_strike_smoke(tmp_path):
-    from warpsim_rl import bench_estimators as be
+    from warpsim_rl.bench import estimators as be
 
     task = make_task("pendulum2d-stop", horizon=4)
     pos = np.array(task.scene.positions)
@@ -290,50 +289,31 @@ def test_study_row_and_wall_strike_smoke(tmp_path):
     assert "| pendulum2d |" in be.study_table([row])
     be.plot_study([row], str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").stat().st_size > 0
-    import warpsim_rl as ws
-
-    if "wall_pendulum2d" in ws.scene_names():
-        r = be.wall_strike(1e4, 0.2, N=4, seeds=2, iters=2, eta=0.5, max_step=0.1, gamma=0.25, n_eval=8,
-                           grid=5, grid_samples=4)
-        assert set(r["methods"]) == set(est.METHODS) and r["failed_envs"] == 0
-        be.plot_wall([r], str(tmp_path / "w.png"))
-        assert "| 1e+04 | aobg |" in be.wall_table([r])
+    r = be.wall_strike(1e4, 0.2, N=4, seeds=2, iters=2, eta=0.5, max_step=0.1, gamma=0.25, n_eval=8,
+                       grid=5, grid_samples=4)
+    assert set(r["methods"]) == set(est.METHODS) and r["failed_envs"] == 0
+    be.plot_wall([r], str(tmp_path / "w.png"))
+    assert "| 1e+04 | aobg |" in be.wall_table([r])
 
 
-def test_first_order_failure_falls_back(monkeypatch):
-    """A backward pass through a non-converged step raises GradientError: FoBG skips the update,
-    AoBG uses ZoBG alone (alpha = 0)."""
-    from warpsim_rl.algos import estimator_pg
-    from warpsim_rl.autodiff import GradientError
+def test_failed_samples_are_left_out_of_the_first_order_estimate():
+    """A sample whose Newton solve fails is frozen by the step core (finite return, zero gradient
+    row) and dropped from the FoBG rows; the epoch still updates from the others."""
+    import warp as wp
 
-    def boom(*a, **k):
-        raise GradientError("backward: cannot differentiate a step that did not converge in env(s) [0]")
-
-    monkeypatch.setattr(estimator_pg, "_output_adjoints", boom)
     algo, _ = _algo("fobg")
-    before = [p.detach().clone() for p in algo.policy.parameters()]
+    wp.to_torch(algo.fo_core.model.stiffness)[0] = float("nan")  # sample 0 fails
+    fo, stats = algo.first_order()
+    assert stats["failed"] == 1 and fo.n == 3 * 2 - 1
+    assert bool(torch.isfinite(fo.samples).all()) and float(fo.grad.norm()) > 0
     m = algo.train_epoch()
-    assert math.isnan(m["train/grad_norm"]) and m["train/diverged"] == 6
-    assert all(torch.equal(a, b) for a, b in zip(before, algo.policy.parameters()))
-    algo, _ = _algo("aobg")
-    m = algo.train_epoch()
-    assert m["train/alpha"] == 0.0 and math.isfinite(m["train/grad_norm"])
+    assert m["train/diverged"] == 1 and math.isfinite(m["train/grad_norm"]) and m["train/grad_norm"] > 0
 
 
 def test_study_pool_drops_failed_samples():
-    """Samples whose simulation failed are replaced: ZoBG filters them, FoBG (whose backward pass
-    raises through a failed step) is redone without them; the pool keeps its size."""
-    from warpsim_rl import bench_estimators as be
-    from warpsim_rl.autodiff import GradientError
-
-    class _Raise(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            raise GradientError("backward: cannot differentiate a step that did not converge")
+    """Samples whose simulation failed are replaced: ZoBG filters them, FoBG (whose failed rows
+    the step core freezes, with zero gradient) is redone without them; the pool keeps its size."""
+    from warpsim_rl.bench import estimators as be
 
     class Fake:
         name, chunk, theta0 = "fake", 64, torch.zeros(2, dtype=D)
@@ -346,7 +326,7 @@ def test_study_pool_drops_failed_samples():
             self.last_failed = bad
             self.sims.failed += int(bad.sum())
             v = -(rows - 1.0).square().sum(1)
-            return _Raise.apply(v) if bool(bad.any()) and rows.requires_grad else v
+            return torch.where(bad, torch.full_like(v, -5.0).detach(), v)  # frozen: a value, no gradient
 
     prob = Fake()
     g = torch.Generator().manual_seed(0)

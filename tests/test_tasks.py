@@ -357,9 +357,9 @@ def test_cloth_swings_rigidly_about_the_handle_line():
 
 
 def test_place_target():
-    """cloth_table-place's target: the cloth laid flat on the table top (contact_scenes'
+    """cloth_table-place's target: the cloth laid flat on the table top (tasks.place's
     cloth_place_target), moved by place_offset; the target state has zero cost."""
-    from warpsim_rl.contact_scenes import cloth_place_target
+    from warpsim_rl.tasks.place import cloth_place_target
 
     t = make_task("cloth_table-place")
     sc = t.scene
@@ -386,10 +386,10 @@ def test_place_target():
 
 
 def test_cloth_reference_policy_solves_place():
-    """contact_scenes.cloth_lay_actions (open loop, the scripted laying) earns a far better return
+    """tasks.place.cloth_lay_actions (open loop, the scripted laying) earns a far better return
     than doing nothing on the first test-bed states of cloth_table-place: the task is solvable
     and its target is the laid cloth. No env diverges."""
-    from warpsim_rl.contact_scenes import cloth_lay_actions
+    from warpsim_rl.tasks.place import cloth_lay_actions
     from warpsim_rl.envs import WarpSimEnv
 
     t = make_task("cloth_table-place")

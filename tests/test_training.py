@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from warpsim_rl.algos import ALGORITHMS, TrainConfig
-from warpsim_rl.algos.pods import gauss_newton_direction, value_gradient
-from warpsim_rl.algos.rollout import Rollouts
+from warpsim_rl.algos import RunConfig, algo_config, make_algorithm
+from warpsim_rl.algos.trajectory import gauss_newton_direction, value_gradient
+from warpsim_rl.core import StepCore
 from warpsim_rl.tasks import make_task
 from warpsim_rl.training import CheckpointError, train
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _tiny_problem(task_name="pendulum2d-stop-origin", T=4, E=2):
     task = make_task(task_name, horizon=T)
-    ro = Rollouts(task, E, "cpu", "float64")
+    ro = StepCore(task, E, "cpu", "float64")
     pos, vel = task.sample_initial_states(E, 7)
     s0 = ro.initial_state(pos, vel)
     rng = np.random.default_rng(3)
@@ -33,7 +33,7 @@ def _jacobian_rollout(task, ro, s0, acts):
     T = acts.shape[0]
     state, As, Bs, dr_ds, dr_da = tuple(s0), [], [], [], []
     for t in range(T):
-        state, A, B = ro.ts.jacobians(*state, acts[t])
+        state, A, B = ro.tsim.jacobians(*state, acts[t])
         d = task.reward_derivatives(state[0], state[1], acts[t], layout="markov")
         As.append(A)
         Bs.append(B)
@@ -47,8 +47,7 @@ def test_value_gradient_matches_autograd():
     A, B, dr_ds, dr_da, _ = _jacobian_rollout(task, ro, s0, acts)
     grad = value_gradient(A, B, dr_ds, dr_da)
     leaf = acts.clone().requires_grad_(True)
-    ro.open_loop  # noqa: B018 - the differentiable path below uses the same simulator
-    states = ro.ts.rollout(s0, leaf)
+    states = ro.tsim.rollout(s0, leaf)
     V = sum(task.reward(states[t + 1][0], states[t + 1][1], leaf[t]) for t in range(acts.shape[0])).sum()
     V.backward()
     np.testing.assert_allclose(grad.numpy(), leaf.grad.reshape(grad.shape).numpy(), rtol=1e-9, atol=1e-12)
@@ -68,8 +67,8 @@ def test_gauss_newton_step_equals_dense_reference():
         def states_of(a_flat, e=e):
             a = acts.clone()
             a[:, e] = a_flat.reshape(T, task.num_handles, task.dim)
-            traj = ro.ts.rollout(s0, a)
-            return torch.cat([ro.ts.markov_state(*traj[t + 1])[e] for t in range(T)])
+            traj = ro.tsim.rollout(s0, a)
+            return torch.cat([ro.layout.flatten(traj[t + 1], "markov")[e] for t in range(T)])
 
         J = torch.autograd.functional.jacobian(states_of, acts[:, e].reshape(-1)).numpy()  # (T ns, T na)
         ns = J.shape[0] // T
@@ -83,19 +82,20 @@ def test_gauss_newton_step_equals_dense_reference():
 
 @pytest.mark.parametrize("algo", ["pods2", "pods1"])
 def test_line_search_never_accepts_a_worse_rollout(algo):
-    cfg = TrainConfig(env="pendulum2d-stop", algo=algo, num_envs=16, line_search=4, regression_steps=2)
-    task = make_task(cfg.env, horizon=30)
-    pods = ALGORITHMS[algo](task, cfg)
-    pos, vel = task.sample_initial_states(cfg.num_envs, 11)
-    s0 = pods.rollouts.initial_state(pos, vel)
-    traj, step = pods._direction(s0)
-    obs, acts, improved, new_ret, alpha = pods._line_search(s0, traj, step)
+    run = RunConfig(env="pendulum2d-stop", algo=algo, num_envs=16)
+    task = make_task(run.env, horizon=30)
+    pods = make_algorithm(task, run, algo_config(algo, line_search=4, regression_steps=2))
+    pos, vel = task.sample_initial_states(run.num_envs, 11)
+    s0 = pods.core.initial_state(pos, vel)
+    traj = pods.core.rollout(pods.policy, s0, task.horizon, jacobians=algo == "pods2", leaf_actions=algo == "pods1")
+    res = pods.trajectory.line_search(s0, traj, pods.trajectory.direction(traj))
+    acts, improved, new_ret = res.actions, res.improved, res.returns_after
     base = traj.returns.detach()
     assert torch.all(new_ret >= base)
     assert bool(improved.any())
     # the chosen actions really achieve the reported returns (replayed independently)
-    replay = Rollouts(task, cfg.num_envs, "cpu", "float32").open_loop(
-        s0, acts.reshape(task.horizon, cfg.num_envs, task.num_handles, task.dim))
+    replay = StepCore(task, run.num_envs, "cpu", "float32").open_loop(
+        s0, acts.reshape(task.horizon, run.num_envs, task.num_handles, task.dim))
     torch.testing.assert_close(replay.returns[improved], new_ret[improved])
     assert torch.all(replay.returns >= base - 1e-4 * base.abs())
 
@@ -111,9 +111,9 @@ class _Crash(Exception):
 def test_resume_continues_bit_identically(tmp_path, monkeypatch):
     """A run killed during epoch 3 and resumed from its epoch-2 checkpoint ends bit-identical to
     an uninterrupted run (weights, observation statistics, optimiser, lr schedule, metrics)."""
-    base = dict(env="pendulum2d-stop", algo="pods2", num_envs=16, horizon=20, regression_steps=5,
-                eval_every=0, usd_envs=0, epochs=4)
-    train(TrainConfig(**base, out=str(tmp_path / "straight")), progress=False)
+    base = dict(env="pendulum2d-stop", algo="pods2", num_envs=16, horizon=20, eval_every=0, usd_envs=0, epochs=4)
+    cfg = algo_config("pods2", regression_steps=5)
+    train(RunConfig(**base, out=str(tmp_path / "straight")), cfg, progress=False)
     from warpsim_rl.algos import PODS
 
     cls = PODS
@@ -128,18 +128,18 @@ def test_resume_continues_bit_identically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cls, "train_epoch", crashing)
     with pytest.raises(_Crash):
-        train(TrainConfig(**base, out=str(tmp_path / "split")), progress=False)
+        train(RunConfig(**base, out=str(tmp_path / "split")), cfg, progress=False)
     monkeypatch.setattr(cls, "train_epoch", original)
     assert torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["epoch"] == 2
-    train(TrainConfig(), resume=str(tmp_path / "split"), progress=False)
+    train(None, resume=str(tmp_path / "split"), progress=False)
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 4
-    for k, v in a["algorithm"]["policy"].items():
-        assert torch.equal(v, b["algorithm"]["policy"][k]), k
+    for k, v in a["algorithm"]["modules"]["policy"].items():
+        assert torch.equal(v, b["algorithm"]["modules"]["policy"][k]), k
     # training metrics identical (the split run also evaluated at its end, epoch 2)
-    for k, v in a["algorithm"]["optimizer"]["state"].items():
-        assert torch.equal(v["exp_avg"], b["algorithm"]["optimizer"]["state"][k]["exp_avg"]), k
+    for k, v in a["algorithm"]["optimizers"]["policy"]["state"].items():
+        assert torch.equal(v["exp_avg"], b["algorithm"]["optimizers"]["policy"]["state"][k]["exp_avg"]), k
     assert a["history"][-1]["epoch"] == b["history"][-1]["epoch"] == 4
 
     def train_rows(hist):
@@ -149,7 +149,7 @@ def test_resume_continues_bit_identically(tmp_path, monkeypatch):
 
 
 def test_observation_normalizer_matches_batch_statistics():
-    from warpsim_rl.algos.policy import MLPPolicy, ObservationNormalizer
+    from warpsim_rl.algos.models import MLPPolicy, ObservationNormalizer
 
     rng = np.random.default_rng(0)
     batches = [rng.normal(loc=[0.0, 3.0, -1.0], scale=[0.01, 2.0, 0.5], size=(n, 3)) for n in (5, 100, 37)]
@@ -180,14 +180,15 @@ def test_observation_normalizer_matches_batch_statistics():
 
 
 @pytest.mark.parametrize("algo, schedule, expected", [
-    ("pods2", "", [1.0, 0.75, 0.5, 0.25]),      # PODS' default: linear decay to 0
-    ("bptt", "", [1.0, 1.0, 1.0, 1.0]),          # BPTT's default: constant
+    ("pods2", None, [1.0, 0.75, 0.5, 0.25]),      # PODS' default: linear decay to 0
+    ("bptt", None, [1.0, 1.0, 1.0, 1.0]),          # BPTT's default: constant
     ("bptt", "linear", [1.0, 0.75, 0.5, 0.25]),
     ("pods1", "constant", [1.0, 1.0, 1.0, 1.0]),
 ])
 def test_learning_rate_schedule(algo, schedule, expected):
-    cfg = TrainConfig(algo=algo, epochs=4, num_envs=2, lr=0.02, lr_schedule=schedule)
-    alg = ALGORITHMS[algo](make_task("pendulum2d-stop", horizon=3), cfg)
+    run = RunConfig(algo=algo, epochs=4, num_envs=2)
+    cfg = algo_config(algo, lr=0.02, **({"lr_schedule": schedule} if schedule else {}))
+    alg = make_algorithm(make_task("pendulum2d-stop", horizon=3), run, cfg)
     got = []
     for epoch in range(4):
         alg.begin_epoch(epoch)
@@ -195,26 +196,48 @@ def test_learning_rate_schedule(algo, schedule, expected):
     assert got == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("lr_schedule", "cosine", "lr_schedule"),
-    ("normalize_obs", 1, "normalize_obs"),
-    ("gn_damping", -1.0, "gn_damping"),
+@pytest.mark.parametrize("algo, field, value, match", [
+    ("pods2", "lr_schedule", "cosine", "lr_schedule = 'cosine'"),
+    ("bptt", "normalize_obs", 1, "normalize_obs = 1"),
+    ("pods2", "gn_damping", -1.0, "gn_damping = -1.0"),
+    ("pods1", "order", 3, "order = 3"),
+    ("zobg", "alpha_delta", 1.0, "alpha_delta = 1.0"),
+    ("fobg", "samples", 0, "samples = 0"),
+    ("bptt", "hidden", (64, 0), "hidden"),
+    ("bptt", "lr", float("nan"), "lr = nan"),
 ])
-def test_config_rejects_bad_values(field, value, match):
+def test_algorithm_config_rejects_bad_values(algo, field, value, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**{field: value}).validate()
+        algo_config(algo, **{field: value})
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("env", "nope-stop", "valid environments"),
+    ("num_envs", 0, "num_envs = 0"),
+    ("horizon", 0, "horizon = 0"),
+    ("dtype", "float16", "dtype = 'float16'"),
+    ("eval_every", -1, "eval_every = -1"),
+])
+def test_run_config_rejects_bad_values(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig(**{field: value})
+
+
+def test_algorithm_config_rejects_an_option_of_another_algorithm():
+    with pytest.raises(ValueError, match=r"algo 'bptt': unknown option\(s\) \['line_search'\]"):
+        algo_config("bptt", line_search=4)
 
 
 def test_resume_from_missing_or_corrupted_checkpoint_overwrites_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
-        train(TrainConfig(), resume=str(tmp_path / "nope"), progress=False)
+        train(None, resume=str(tmp_path / "nope"), progress=False)
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     (run / "metrics.csv").write_text("epoch\n1\n")
     before = _files(run)
     with pytest.raises(CheckpointError, match="corrupted"):
-        train(TrainConfig(), resume=str(run), progress=False)
+        train(None, resume=str(run), progress=False)
     assert _files(run) == before
     assert (run / "checkpoint.pt").read_bytes() == b"not a checkpoint"
 
@@ -261,8 +284,8 @@ def test_policy_check_restores_a_worse_regressed_policy(check):
     states is undone (weights, observation statistics, Adam state); without it the bad policy stays."""
     from warpsim_rl.algos import PODS
 
-    cfg = TrainConfig(num_envs=8, horizon=20, regression_steps=3, policy_check=check)
-    alg = PODS(make_task("pendulum2d-stop", horizon=20), cfg, order=2)
+    alg = PODS(make_task("pendulum2d-stop", horizon=20), RunConfig(num_envs=8, horizon=20),
+               algo_config("pods2", regression_steps=3, policy_check=check))
     alg.train_epoch()  # Adam has state, the normaliser has statistics
     before = {k: v.clone() for k, v in alg.policy.state_dict().items()}
     adam = alg.optimizer.state_dict()["state"][0]["exp_avg"].clone()
@@ -292,8 +315,8 @@ def test_failed_environments_do_not_enter_the_observation_statistics():
     from warpsim_rl.algos import BPTT
 
     T, E = 5, 4
-    alg = BPTT(make_task("pendulum2d-stop", horizon=T), TrainConfig(algo="bptt", num_envs=E))
-    original = alg.rollouts.policy
+    alg = BPTT(make_task("pendulum2d-stop", horizon=T), RunConfig(algo="bptt", num_envs=E), algo_config("bptt"))
+    original = alg.core.rollout
 
     def failing(*args, **kwargs):
         traj = original(*args, **kwargs)
@@ -302,8 +325,67 @@ def test_failed_environments_do_not_enter_the_observation_statistics():
         traj.failed[1] = True
         return traj
 
-    alg.rollouts.policy = failing
+    alg.core.rollout = failing
     alg.train_epoch()
     norm = alg.policy.normalizer
     assert float(norm.count) == T * (E - 1)
     assert torch.isfinite(norm.mean).all() and torch.isfinite(norm.var).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# The command line: run options, per-algorithm options, TOML configs, resume
+# ------------------------------------------------------------------------------------------------
+
+def test_cli_builds_the_run_and_the_algorithm_config(tmp_path):
+    from warpsim_rl.train import configs_from_args
+
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text('env = "pendulum3d-stop"\nnum_envs = 32\n[algo]\nname = "zobg"\nsamples = 3\nsigma = 0.1\n')
+    _, run, cfg = configs_from_args(["--config", str(cfg_file), "--sigma", "0.3", "--seed", "4"])
+    assert (run.env, run.algo, run.num_envs, run.seed) == ("pendulum3d-stop", "zobg", 32, 4)
+    assert (cfg.method, cfg.samples, cfg.sigma, cfg.lr) == ("zobg", 3, 0.3, 3e-3)  # flag beats file
+    _, run, cfg = configs_from_args(["--algo", "bptt", "--gradient-steps", "2", "--hidden", "16", "8"])
+    assert run.algo == "bptt" and cfg.gradient_steps == 2 and cfg.hidden == (16, 8)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('line_search = 4\n', r"'line_search' is an algorithm option now: write it as 'line_search' in the \[algo\]"),
+    ('pg_samples = 4\n', r"'pg_samples' is an algorithm option now: write it as 'samples'"),
+    ('nonsense = 1\n', r"unknown field 'nonsense'"),
+    ('[algo]\nname = "bptt"\nline_search = 4\n', r"algo 'bptt': unknown option\(s\) \['line_search'\]"),
+    ('[algo]\nname = "pods1"\norder = 2\n', r"order = 2: algo 'pods1' is defined by order = 1"),
+])
+def test_cli_rejects_old_or_wrong_toml(tmp_path, text, match):
+    from warpsim_rl.train import configs_from_args
+
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        configs_from_args(["--config", str(f)])
+
+
+def test_cli_help_lists_the_chosen_algorithms_options(capsys):
+    from warpsim_rl.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--algo", "pods1", "--help"])
+    import re
+
+    def flags(text):
+        return set(re.findall(r"^\s+(--[a-z-]+)", text, flags=re.M))
+
+    out = capsys.readouterr().out
+    assert {"--line-search", "--gn-damping", "--env"} <= flags(out) and "--order" not in flags(out)
+    assert "regression learning rate" in out  # the field docstrings are the help texts
+    with pytest.raises(SystemExit):
+        main(["--algo", "fobg", "--help"])
+    got = flags(capsys.readouterr().out)
+    assert "--samples" in got and "--line-search" not in got and "--method" not in got
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
+    from warpsim_rl.train import main
+
+    assert main(["--resume", str(tmp_path), "--env", "rope3d-stop"]) == 2
+    err = capsys.readouterr().err
+    assert "--env rope3d-stop cannot change it" in err

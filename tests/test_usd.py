@@ -430,7 +430,7 @@ def test_cli(tmp_path, capsys):
 
 def test_render_preview(tmp_path):
     pytest.importorskip("matplotlib")
-    from warpsim_rl.render import render_preview
+    from warpsim_rl.viz.preview import render_preview
 
     sc = load_scene("cable_payload2d")
     out = render_preview(sc, wiggle(sc, 10, 2), tmp_path / "prev.png", frames=4)

@@ -26,8 +26,8 @@ import warp as wp
 
 from .kernels.adjoint import adjoint_kernels
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK
-from .model import Control, Model, State
-from .sim import ActionError, Simulator, scratch_array
+from .model import Control, Model, State, scratch_array
+from .sim import ActionError, Simulator
 
 __all__ = ["Differentiator", "GradientError", "TorchSimulator"]
 
@@ -45,13 +45,10 @@ class Differentiator:
     def __init__(self, sim: Simulator):
         self.sim = sim
         m = self.model = sim.model
-        E, N, B, d, dt = m.num_envs, m.num_dofs, m.band, m.device, m.dtype
-        self.kernels = adjoint_kernels(dt, m.dim, m.num_geometries > 0)
-        self._H = scratch_array(N * (B + 1), E, dt, d)
-        self._g = scratch_array(N, E, dt, d)
-        self._lam = scratch_array(N, E, dt, d)
-        self._y = scratch_array(N, E, dt, d)
-        self._xhat = scratch_array(N, E, dt, d)
+        E, d = m.num_envs, m.device
+        self.kernels = adjoint_kernels(m.dtype, m.dim, m.num_geometries > 0)
+        self._scratch = m.newton_scratch()
+        self._scratch_sizes = (m.num_dofs, m.band)
         self._W = None  # (N * N, E) inverse of the Hessian, allocated by the first jacobians()
         self._adj_xh = wp.zeros((E, m.num_particles), dtype=m.vec, device=d)
         self._adj_vh = wp.zeros((E, m.num_particles), dtype=m.vec, device=d)
@@ -62,15 +59,13 @@ class Differentiator:
         """Accumulate ``(ds'/d(s, a, k, m))^T adj_out`` into ``adj_in`` (4 arrays), ``adj_action``,
         ``adj_stiffness`` (E, m) and ``adj_mass`` (E, n). ``arrays_out`` are the converged outputs
         of the forward step from ``arrays_in``/``action``."""
-        m = self.model
+        m = self._checked_model()
         wp.launch(
             self.kernels.bdf2_vjp, dim=m.num_envs,
-            inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_particle,
-                    m.velocity_limit, m.spring_i, m.spring_j, m.stiffness if stiffness is None else stiffness,
-                    m.rest_length, m.damping, m.is_cable, *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs,
-                    m.band, arrays_out[0], arrays_out[1], *adj_out, self._H, self._g, self._lam, self._y, self._xhat,
+            inputs=[m.data, m.mass if mass is None else mass, m.stiffness if stiffness is None else stiffness,
+                    m.state_data(arrays_in), action, m.state_data(arrays_out), m.state_data(adj_out), self._scratch,
                     self._adj_xh, self._adj_vh],
-            outputs=[*adj_in, adj_action, adj_stiffness, adj_mass, self.ok],
+            outputs=[m.state_data(adj_in), adj_action, adj_stiffness, adj_mass, self.ok],
             device=m.device,
         )
 
@@ -80,19 +75,23 @@ class Differentiator:
         ``s = [x_f, v_f, x_prev_f, v_prev_f, x_h]`` (``model.num_state``; docs/api.md). Every
         entry is written (the buffers need no zeroing); envs whose exact Hessian does not
         factorise (``ok[e] == 0``) get zeros."""
-        m = self.model
+        m = self._checked_model()
         if self._W is None:
             self._W = scratch_array(m.num_dofs * m.num_dofs, m.num_envs, m.dtype, m.device)
         wp.launch(
             self.kernels.bdf2_jacobian, dim=m.num_envs,
-            inputs=[*arrays_in, action, m.mass if mass is None else mass, m.free_index, m.handle_index,
-                    m.handle_particle, m.velocity_limit, m.spring_i, m.spring_j,
-                    m.stiffness if stiffness is None else stiffness, m.rest_length, m.damping, m.is_cable,
-                    *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs, m.band, arrays_out[0],
-                    arrays_out[1], self._H, self._g, self._y, self._xhat, self._W],
+            inputs=[m.data, m.mass if mass is None else mass, m.stiffness if stiffness is None else stiffness,
+                    m.state_data(arrays_in), action, m.state_data(arrays_out), self._scratch, self._W],
             outputs=[A, B, self.ok],
             device=m.device,
         )
+
+    def _checked_model(self) -> Model:
+        m = self.model
+        if (m.num_dofs, m.band) != self._scratch_sizes:
+            raise ValueError(f"model.band = {m.band}: changed after this Differentiator sized its scratch for "
+                             f"{self._scratch_sizes[1]}; build a new one")
+        return m
 
     def check_ok(self, what: str) -> None:
         """Raise :class:`GradientError` naming the envs whose exact Hessian did not factorise."""
@@ -184,7 +183,8 @@ class _StepFunction(torch.autograd.Function):
     def backward(ctx, gx, gv, gxp, gvp):
         tsim = ctx.tsim
         x, v, xp, vp, action, x1, v1, k, mass = ctx.saved_tensors
-        _raise_if_failed(ctx.status, "backward")
+        if not tsim.zero_failed_grads:
+            _raise_if_failed(ctx.status, "backward")
         grads_out = [g.contiguous() if g is not None else torch.zeros_like(x) for g in (gx, gv, gxp, gvp)]
         grads_in = [torch.zeros_like(x) for _ in range(4)]
         g_action = torch.zeros_like(action)
@@ -198,7 +198,15 @@ class _StepFunction(torch.autograd.Function):
                   wp.from_torch(g_k, requires_grad=False), wp.from_torch(g_m, requires_grad=False),
                   stiffness=wp.from_torch(k, requires_grad=False) if ctx.has_k else None,
                   mass=wp.from_torch(mass, requires_grad=False) if ctx.has_m else None)
-        d.check_ok("backward")
+        if tsim.zero_failed_grads:
+            # envs whose step failed or whose Hessian did not factor contribute nothing
+            bad = (wp.to_torch(ctx.status) != STATUS_OK) | (wp.to_torch(d.ok) == 0)
+            keep = (~bad).to(x.dtype)
+            grads_in = [torch.where(bad[:, None, None], torch.zeros_like(g), g) for g in grads_in]
+            g_action = torch.where(bad[:, None, None], torch.zeros_like(g_action), g_action)
+            g_k, g_m = g_k * keep[:, None], g_m * keep[:, None]
+        else:
+            d.check_ok("backward")
         return (None, *grads_in, g_action, g_k if ctx.has_k else None, g_m if ctx.has_m else None)
 
 
@@ -209,11 +217,15 @@ class TorchSimulator:
     per-env ``stiffness`` (E, m) and ``mass`` (E, n), all on ``model.device`` in ``model.dtype``
     (zero-copy through ``wp.from_torch``). ``check=True`` raises
     :class:`~warpsim_rl.sim.SimulationError` on a non-converged forward step (one host sync per
-    step); backward passes always check.
+    step). A backward pass through a step that failed in some env raises :class:`GradientError`,
+    unless ``zero_failed_grads=True``: then those envs' gradient rows are zero (the step core's
+    mode, which freezes failed envs and keeps them out of every loss).
     """
 
-    def __init__(self, model: Model, check: bool = True):
+    def __init__(self, model: Model, check: bool = True, zero_failed_grads: bool = False):
         self.model = model
+        self.zero_failed_grads = bool(zero_failed_grads)
+        self._layout = None  # StateLayout, built by the first markov_state()
         self.sim = Simulator(model)
         self.diff = Differentiator(self.sim)
         self.check = check
@@ -310,10 +322,11 @@ class TorchSimulator:
         return nxt, A, B
 
     def markov_state(self, x, v, x_prev, v_prev) -> torch.Tensor:
-        """Flatten a state to the Markov vector ``s`` (E, ns) used by :meth:`jacobians`."""
-        sc = self.model.scene
-        free, hnd = torch.as_tensor(sc.free_particles), torch.as_tensor(sc.handles, dtype=torch.long)
-        E = self.model.num_envs
-        parts = [t[:, free].reshape(E, -1) for t in (x, v, x_prev, v_prev)] + [x[:, hnd].reshape(E, -1)]
-        return torch.cat(parts, dim=1)
+        """Flatten a state to the Markov vector ``s`` (E, ns) used by :meth:`jacobians`
+        (:class:`~warpsim_rl.layout.StateLayout`)."""
+        if self._layout is None:
+            from .layout import StateLayout
+
+            self._layout = StateLayout(self.model.scene)
+        return self._layout.flatten((x, v, x_prev, v_prev), "markov")
 

@@ -10,10 +10,21 @@ import numpy as np
 import warp as wp
 
 from .kernels.contact import GEOM_BOX, GEOM_PLANE
+from .kernels.data import kernel_structs
 from .scene import Scene, SceneError
 from .util import resolve_device, resolve_dtype, wp_vec_type
 
 __all__ = ["Model", "State", "Control"]
+
+
+def scratch_array(rows: int, envs: int, dtype, device) -> wp.array:
+    """A (rows, envs) per-environment work array. On GPUs the env index is the fastest one (so
+    neighbouring threads touch neighbouring addresses); on the CPU, where one thread walks a
+    whole environment, each env's rows are contiguous instead (a transposed view), which avoids
+    one cache line and one TLB entry per element."""
+    if device.is_cpu:
+        return wp.zeros((envs, rows), dtype=dtype, device=device).transpose()
+    return wp.zeros((rows, envs), dtype=dtype, device=device)
 
 
 def band_width(scene: Scene) -> int:
@@ -54,7 +65,18 @@ class Model:
         environment. contact_width: smoothing width (m). contact_eps_v: friction smoothing
         velocity (m/s). has_friction: 1 if any geometry has friction > 0 (in any env).
         max_iters, tol, line_search_max: Newton settings (tol in m/s).
+        data: the ``ModelData`` struct the kernels take (``kernels/data.py``): references to
+            the arrays above (all but ``mass`` and ``stiffness``, which are separate kernel
+            arguments) and copies of the scalars, under the same names. Assigning one of those
+            attributes of the model (``model.tol = 1e-9``, ``model.band = ...``, a new array)
+            updates ``data`` too; in-place writes (``set_friction``, ``velocity_limit.assign(...)``)
+            keep the same arrays. Change the model's attributes, not ``data``'s.
     """
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_data_fields", ()):
+            setattr(self.data, name, value)  # keep the kernels' struct in step (a wrong type raises here)
+        super().__setattr__(name, value)
 
     def __init__(self, scene: Scene, num_envs: int = 1, device=None, dtype="float32"):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
@@ -135,6 +157,12 @@ class Model:
         self.contact_width = float(cs.width)
         self.contact_eps_v = float(cs.eps_v)
         self.has_friction = int(np.any(gmu > 0))
+        # the kernels' view of all of the above but mass and stiffness (kernels/data.py)
+        self._structs = kernel_structs(self.dtype, self.dim)
+        self.data = self._structs.ModelData()
+        for name in self._structs.ModelData.vars:
+            setattr(self.data, name, getattr(self, name))
+        self._data_fields = frozenset(self._structs.ModelData.vars)
 
     # -- per-environment parameters ------------------------------------------------------------
     def enable_parameter_grads(self) -> None:
@@ -169,22 +197,32 @@ class Model:
         the envs with ``mask[e] != 0`` (see :meth:`State.reset`)."""
         from .kernels.bdf2 import bdf2_kernels
 
-        if getattr(self, "_startup_scratch", None) is None:
-            self._no_geometry = wp.zeros(0, dtype=wp.int32, device=self.device)
-            N, B, E, d = self.num_dofs, self.band, self.num_envs, self.device
-            self._startup_scratch = [wp.zeros((N, E), dtype=self.dtype, device=d) for _ in range(3)] + [
-                wp.zeros((N * (B + 1), E), dtype=self.dtype, device=d)]
-        y_t, x_hat, g, H = self._startup_scratch
+        scratch = self.__dict__.get("_startup_scratch")
+        if scratch is None or scratch.H.shape[0] != self.num_dofs * (self.band + 1):
+            scratch = self._startup_scratch = self.newton_scratch()
         wp.launch(bdf2_kernels(self.dtype, self.dim, self.num_geometries > 0).startup, dim=self.num_envs,
-                  inputs=[x_new, v_new, mask, self._no_geometry, self.mass, self.free_index, self.spring_i, self.spring_j,
-                          self.stiffness, self.rest_length, self.damping, self.is_cable, *self.contact_args(),
-                          self.gravity, self.dtype(self.dt), self.num_dofs, self.band, y_t, x_hat, g, H],
-                  outputs=list(state.arrays()), device=self.device)
+                  inputs=[self.data, self.mass, self.stiffness, x_new, v_new, mask, scratch],
+                  outputs=[self.state_data(state.arrays())], device=self.device)
 
-    def contact_args(self) -> list:
-        """The contact arguments of the step and derivative kernels, in their order."""
-        return [self.geo_kind, self.geo_a, self.geo_b, self.geo_r, self.contact_stiffness, self.friction,
-                self.dtype(self.contact_width), self.dtype(self.contact_eps_v)]
+    def newton_scratch(self):
+        """A fresh ``NewtonScratch`` struct for the kernels (``kernels/data.py``): the band
+        ``H`` (N (B + 1), E) and the (N, E) arrays ``g``, ``dx``, ``base``, ``y_t``, ``x_hat``, in
+        the :func:`scratch_array` layout, sized for the current ``band``."""
+        N, B, E, dt, d = self.num_dofs, self.band, self.num_envs, self.dtype, self.device
+        scratch = self._structs.NewtonScratch()
+        scratch.H = scratch_array(N * (B + 1), E, dt, d)
+        for name in ("g", "dx", "base", "y_t", "x_hat"):
+            setattr(scratch, name, scratch_array(N, E, dt, d))
+        return scratch
+
+    def state_data(self, arrays):
+        """The kernels' ``StateData`` struct of ``arrays = (x, v, x_prev, v_prev)``, (E, n) vec
+        arrays referenced, not copied; trailing ones may be left out (null arrays) where a kernel
+        does not read them (of the forward outputs the derivative kernels read ``x`` and ``v``)."""
+        sd = self._structs.StateData()
+        for name, arr in zip(("x", "v", "x_prev", "v_prev"), arrays):
+            setattr(sd, name, arr)
+        return sd
 
     def set_masses(self, values) -> None:
         """Per-env masses of all particles: broadcastable to (E, n), kg; free particles > 0."""

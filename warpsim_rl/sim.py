@@ -7,19 +7,9 @@ import numpy as np
 import warp as wp
 
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK, bdf2_kernels
-from .model import Control, Model, State
+from .model import Control, Model, State, scratch_array  # noqa: F401 (scratch_array: re-exported)
 
 __all__ = ["Simulator", "SimulationError", "ActionError"]
-
-
-def scratch_array(rows: int, envs: int, dtype, device) -> wp.array:
-    """A (rows, envs) per-environment work array. On GPUs the env index is the fastest one (so
-    neighbouring threads touch neighbouring addresses); on the CPU, where one thread walks a
-    whole environment, each env's rows are contiguous instead (a transposed view), which avoids
-    one cache line and one TLB entry per element."""
-    if device.is_cpu:
-        return wp.zeros((envs, rows), dtype=dtype, device=device).transpose()
-    return wp.zeros((rows, envs), dtype=dtype, device=device)
 
 
 class SimulationError(RuntimeError):
@@ -61,14 +51,10 @@ class Simulator:
 
     def __init__(self, model: Model):
         self.model = model
-        E, N, B, d, dt = model.num_envs, model.num_dofs, model.band, model.device, model.dtype
+        E, d, dt = model.num_envs, model.device, model.dtype
         self.kernels = bdf2_kernels(dt, model.dim, model.num_geometries > 0)
-        self._H = scratch_array(N * (B + 1), E, dt, d)
-        self._g = scratch_array(N, E, dt, d)
-        self._dx = scratch_array(N, E, dt, d)
-        self._base = scratch_array(N, E, dt, d)
-        self._y = scratch_array(N, E, dt, d)
-        self._xhat = scratch_array(N, E, dt, d)
+        self._scratch = model.newton_scratch()
+        self._scratch_sizes = (model.num_dofs, model.band)
         self.status = wp.zeros(E, dtype=wp.int32, device=d)
         self.iterations = wp.zeros(E, dtype=wp.int32, device=d)
         self.residual = wp.zeros(E, dtype=dt, device=d)
@@ -133,21 +119,22 @@ class Simulator:
         buffer) and replayed, which keeps the per-step host overhead low; callers that wrap new
         arrays every step (the torch bridge) pass ``cache=False``."""
         m = self.model
+        if (m.num_dofs, m.band) != self._scratch_sizes:
+            raise ValueError(f"model.band = {m.band}: changed after this Simulator sized its scratch for "
+                             f"{self._scratch_sizes[1]}; build a new Simulator")
         stiffness = m.stiffness if stiffness is None else stiffness
         mass = m.mass if mass is None else mass
         arrays = (*arrays_in, action, *arrays_out, stiffness, mass)
         key = tuple(id(a) for a in arrays)
         entry = self._launches.get(key) if cache else None
         if entry is None:
+            # m.data is passed by reference: a replayed launch sees later changes of the model's
+            # scalars (model.tol = ...) as a fresh one does
             cmd = wp.launch(
                 self.kernels.bdf2_step,
                 dim=m.num_envs,
-                inputs=[*arrays_in, action, mass, m.free_index, m.handle_particle, m.velocity_limit,
-                        m.spring_i, m.spring_j, stiffness, m.rest_length, m.damping, m.is_cable,
-                        *m.contact_args(), m.gravity, m.dtype(m.dt), m.num_dofs, m.band, m.max_iters, m.dtype(m.tol),
-                        m.line_search_max, self._H, self._g, self._dx, self._base, self._y, self._xhat,
-                        self.step_count],
-                outputs=[*arrays_out, self.status, self.iterations, self.residual,
+                inputs=[m.data, mass, stiffness, m.state_data(arrays_in), action, self._scratch, self.step_count],
+                outputs=[m.state_data(arrays_out), self.status, self.iterations, self.residual,
                          self.first_failure_step, self.first_failure_status],
                 device=m.device,
                 record_cmd=True,

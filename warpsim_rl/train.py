@@ -1,15 +1,24 @@
 """Train a policy on a warpsim_rl task (``python train.py`` or ``python -m warpsim_rl.train``).
 
-    python train.py                                   # PODS 2nd order on pendulum2d-stop, CPU, ~1-2 min
+    python train.py                                   # PODS 2nd order on pendulum2d-stop, CPU
     python train.py --env double_pendulum3d-stop-origin --algo pods2 --num-envs 512 --epochs 50
     python train.py --algo bptt --seed 1 --out runs/bptt-s1
+    python train.py --algo zobg --help                # the options of one algorithm
     python train.py --config my_run.toml --seed 3     # flags override the file
     python train.py --resume runs/pendulum2d-stop-pods2-s0 --epochs 60
 
-Every field of ``warpsim_rl.algos.TrainConfig`` is a flag (``--num-envs`` for ``num_envs``);
-``--config FILE.toml`` reads the same names (underscores) from a TOML file. Outputs (metrics.csv,
-TensorBoard logs, learning_curve.png, checkpoint.pt, results.json, eval.usdc) go to ``--out``
-(default ``runs/<env>-<algo>-s<seed>``); see ``warpsim_rl/training.py``.
+Run options are the fields of ``warpsim_rl.algos.RunConfig``; algorithm options are the fields of
+the chosen algorithm's config dataclass (``--line-search`` for ``line_search``). A TOML config
+holds run fields at the top and the algorithm's in an ``[algo]`` table::
+
+    env = "rope3d-stop"
+    num_envs = 512
+    [algo]
+    name = "pods2"
+    line_search = 8
+
+Outputs (metrics.csv, TensorBoard logs, learning_curve.png, checkpoint.pt, results.json,
+eval.usdc) go to ``--out`` (default ``runs/<env>-<algo>-s<seed>``); see ``warpsim_rl/training.py``.
 """
 
 from __future__ import annotations
@@ -19,71 +28,158 @@ import dataclasses
 import json
 import sys
 import tomllib
+import types
+import typing
 
-from warpsim_rl.algos import ALGORITHMS, TrainConfig
-from warpsim_rl.algos.base import LR_SCHEDULES
+from .algos import ALGORITHMS, RunConfig
+from .algos.config import field_docs
+
+__all__ = ["main", "configs_from_args"]
+
+#: fields of the former flat TrainConfig and where they live now (for the error on an old TOML)
+_MOVED = {"hidden": "hidden", "normalize_obs": "normalize_obs", "lr": "lr", "lr_schedule": "lr_schedule",
+          "regression_steps": "regression_steps", "regression_batch": "regression_batch",
+          "policy_check": "policy_check", "line_search": "line_search", "first_order_step": "first_order_step",
+          "gn_damping": "gn_damping", "chunk": "chunk", "bptt_steps": "gradient_steps",
+          "max_grad_norm": "max_grad_norm", "pg_samples": "samples", "pg_sigma": "sigma",
+          "aobg_gamma": "alpha_gamma", "aobg_delta": "alpha_delta"}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="TOML file with TrainConfig fields")
-    p.add_argument("--resume", help="run folder or checkpoint.pt to continue (its own config is used)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    doc = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    for name, f in doc.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "hidden":
-            p.add_argument(flag, type=int, nargs="+", default=None, help="policy MLP widths")
-        elif isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default: {f.default!r})")
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(cls, f: dataclasses.Field):
+    """The scalar type of a config field (``X | None`` -> ``X``; tuples of ints -> int)."""
+    hint = typing.get_type_hints(cls)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return tuple, typing.get_args(hint)[0]
+    return hint, None
+
+
+def _add_fields(group, defaults, skip=()) -> None:
+    """One flag per field of the dataclass instance ``defaults`` (its values are the defaults
+    shown: the registry's preset for an algorithm), except ``skip``."""
+    cls = type(defaults)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        typ, item = _field_type(cls, f)
+        default = getattr(defaults, f.name)
+        text = docs.get(f.name, "") + ("" if default is None else f" (default: {default!r})")
+        if typ is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif typ is tuple:
+            group.add_argument(_flag(f.name), type=item, nargs="+", default=None, help=text)
         else:
-            typ = type(f.default)
-            extra = {}
-            if name == "algo":
-                extra["choices"] = sorted(ALGORITHMS)
-            elif name == "lr_schedule":
-                extra["choices"] = LR_SCHEDULES
-            p.add_argument(flag, type=typ, default=None, help=f"(default: {f.default!r})", **extra)
+            extra = {"choices": sorted(ALGORITHMS)} if (cls is RunConfig and f.name == "algo") else {}
+            group.add_argument(_flag(f.name), type=typ, default=None, help=text, **extra)
+
+
+def _pre_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    p.add_argument("--resume")
+    p.add_argument("--algo")
     return p
 
 
-def config_from_args(args) -> TrainConfig:
-    """Defaults, then the TOML file, then explicit flags."""
-    values = {}
-    if args.config:
-        try:
-            with open(args.config, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise SystemExit(f"error: --config {args.config!r} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SystemExit(f"error: --config {args.config!r}: malformed TOML: {e}") from None
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        bad = sorted(set(data) - known)
-        if bad:
-            raise SystemExit(f"error: --config {args.config!r}: unknown field(s) {bad}; known: {sorted(known)}")
-        values.update(data)
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name)
-        if v is not None:
-            values[f.name] = v
-    if "hidden" in values:
-        values["hidden"] = tuple(values["hidden"])
-    return TrainConfig(**values)
+def _parser(algo: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML file: run fields at the top, algorithm fields in an [algo] table")
+    p.add_argument("--resume", help="run folder or checkpoint.pt to continue with its own configuration "
+                                    "(only --epochs may change)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .algos import algo_config, fixed_fields
+
+    _add_fields(p.add_argument_group("run options"), RunConfig())
+    cfg = algo_config(algo)
+    _add_fields(p.add_argument_group(f"algorithm options ({algo}: {type(cfg).__name__}; "
+                                     f"'--algo NAME --help' lists another algorithm's)"), cfg,
+                skip=fixed_fields(algo))
+    return p
+
+
+def _read_toml(path: str) -> tuple[dict, dict]:
+    """``(run fields, algo fields incl. 'name')`` of a TOML config; ValueError naming the problem."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"--config {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--config {path!r}: malformed TOML: {e}") from None
+    algo = data.pop("algo", {})
+    if isinstance(algo, str):
+        algo = {"name": algo}
+    if not isinstance(algo, dict):
+        raise ValueError(f"--config {path!r}: 'algo' must be a name or an [algo] table")
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    for key in sorted(set(data) - run_fields):
+        if key in _MOVED:
+            raise ValueError(f"--config {path!r}: '{key}' is an algorithm option now: write it as "
+                             f"'{_MOVED[key]}' in the [algo] table (with name = \"...\")")
+        raise ValueError(f"--config {path!r}: unknown field '{key}'; run fields: {sorted(run_fields)}, "
+                         f"algorithm fields go in an [algo] table")
+    return data, algo
+
+
+def configs_from_args(argv=None):
+    """``(args, RunConfig, algorithm config)`` from defaults, then the TOML file, then flags."""
+    pre, _ = _pre_parser().parse_known_args(argv)
+    run_vals, algo_vals = _read_toml(pre.config) if pre.config else ({}, {})
+    name = pre.algo or algo_vals.pop("name", None) or run_vals.get("algo") or RunConfig.algo
+    algo_vals.pop("name", None)
+    if name not in ALGORITHMS:
+        raise ValueError(f"algo = {name!r}: unknown; valid algorithms: {sorted(ALGORITHMS)}")
+    args = _parser(name).parse_args(argv)
+    cls = ALGORITHMS[name][0].Config
+    for f in dataclasses.fields(RunConfig):
+        if getattr(args, f.name) is not None:
+            run_vals[f.name] = getattr(args, f.name)
+    run_vals["algo"] = name
+    for f in dataclasses.fields(cls):
+        if getattr(args, f.name, None) is not None:
+            algo_vals[f.name] = getattr(args, f.name)
+    from .algos import algo_config
+
+    try:
+        run = RunConfig(**run_vals)
+        cfg = algo_config(name, **algo_vals)
+    except (TypeError, ValueError) as e:
+        raise ValueError(str(e)) from None
+    return args, run, cfg
+
+
+def _resume_args(argv) -> argparse.Namespace:
+    """``--resume`` with at most ``--epochs`` and ``--no-progress``; ValueError naming any other flag
+    (the run continues with its own configuration)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--resume")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    if rest:
+        raise ValueError(f"--resume continues the run with its own configuration; {' '.join(rest)} cannot "
+                         f"change it (only --epochs can)")
+    return args
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    from warpsim_rl.training import CheckpointError, train
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from .training import CheckpointError, train
 
-    cfg = config_from_args(args)
+    resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv) and not {"-h", "--help"} & set(argv)
     try:
-        if args.resume:
-            results = train(cfg, resume=args.resume, epochs=args.epochs, progress=not args.no_progress)
+        if resuming:
+            args = _resume_args(argv)
+            results = train(None, resume=args.resume, epochs=args.epochs, progress=not args.no_progress)
         else:
-            cfg.validate()
-            results = train(cfg, progress=not args.no_progress)
+            args, run, cfg = configs_from_args(argv)
+            results = train(run, cfg, progress=not args.no_progress)
     except (ValueError, CheckpointError, PermissionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

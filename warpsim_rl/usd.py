@@ -45,13 +45,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from pxr import Gf, Sdf, Usd, UsdGeom, UsdUtils, Vt
 
 from .scene import Scene, SceneError, load_scene, scene_names
+from .util import parse_params
+from .viz.geometry import (BOX_COLOR, CLOTH_COLOR, HANDLE_COLOR, PARTICLE_COLOR, PLANE_COLOR, as_scene,
+                           cable_colors, check_faces, check_positions, spring_colors, spring_tensions)
 
-try:  # usd-core is optional for the rest of the package; only the export needs it
-    from pxr import Gf, Sdf, Usd, UsdGeom, UsdUtils, Vt
-except ImportError:  # pragma: no cover - exercised only without usd-core
-    Usd = None
 
 __all__ = [
     "Rollout",
@@ -61,31 +61,13 @@ __all__ = [
     "check_compliance",
     "default_env_spacing",
     "env_offsets",
-    "bench_export",
     "main",
     "SUFFIXES",
 ]
 
 SUFFIXES = (".usda", ".usdc", ".usd")
 
-# display colours (linear RGB)
-PARTICLE_COLOR = (0.20, 0.40, 0.85)
-HANDLE_COLOR = (0.10, 0.80, 0.25)
-CLOTH_COLOR = (0.55, 0.65, 0.90)
-PLANE_COLOR = (0.55, 0.55, 0.55)
-BOX_COLOR = (0.60, 0.45, 0.30)
-SPRING_REST = np.array([0.70, 0.70, 0.70])
-SPRING_TENSION = np.array([0.85, 0.10, 0.25])
-SPRING_COMPRESSION = np.array([0.15, 0.30, 0.90])
-CABLE_SLACK = np.array([0.95, 0.88, 0.45])
-CABLE_TAUT = np.array([0.85, 0.25, 0.00])
-
 DEPTH_2D = 0.1  # m: z thickness given to the boxes of 2D scenes
-
-
-def _require_pxr() -> None:
-    if Usd is None:
-        raise ImportError("USD export needs usd-core (the `pxr` module): pip install usd-core")
 
 
 # ------------------------------------------------------------------------------------------
@@ -117,32 +99,6 @@ class Rollout:
     @property
     def envs(self) -> int:
         return int(self.positions.shape[1])
-
-
-def _as_scene(scene, **parameters) -> Scene:
-    if isinstance(scene, Scene):
-        if parameters:
-            raise ValueError("scene parameters can only be given with a scene name or path")
-        return scene
-    if isinstance(scene, (str, os.PathLike)):
-        return load_scene(scene, **parameters)
-    raise TypeError(f"scene: expected a Scene or a scene name/path, got {type(scene).__name__}")
-
-
-def spring_tensions(scene: Scene, positions, stiffness=None) -> np.ndarray:
-    """Elastic tension of every spring, in N, from positions ``(..., n, dim)``: ``k (l - L)``
-    for bilateral springs (negative in compression) and ``k max(l - L, 0)`` for cables.
-    Damping forces are not included (they need velocities). ``stiffness`` overrides the scene's,
-    broadcastable to ``(..., m)`` (e.g. per-environment values of shape (E, m)).
-    Returns an array of shape ``(..., m)``."""
-    x = np.asarray(positions, dtype=np.float64)
-    if scene.num_springs == 0:
-        return np.zeros(x.shape[:-2] + (0,))
-    d = x[..., scene.springs[:, 1], :] - x[..., scene.springs[:, 0], :]
-    stretch = np.linalg.norm(d, axis=-1) - scene.rest_length
-    k = scene.stiffness if stiffness is None else np.asarray(stiffness, dtype=np.float64)
-    t = k * stretch
-    return np.where(scene.is_cable, np.maximum(t, 0.0), t)
 
 
 def _random_action_source(scene: Scene, envs: int, seed: int, hold: int):
@@ -186,7 +142,7 @@ def record_rollout(scene, envs: int = 1, steps: int | None = None, actions=None,
 
     from .sim import ActionError, Simulator
 
-    sc = _as_scene(scene, **parameters)
+    sc = as_scene(scene, **parameters)
     if isinstance(envs, bool) or not isinstance(envs, (int, np.integer)) or envs < 1:
         raise ValueError(f"envs = {envs!r}: must be an integer >= 1")
     if isinstance(action_hold, bool) or not isinstance(action_hold, (int, np.integer)) or action_hold < 1:
@@ -264,39 +220,6 @@ def _embed3(x: np.ndarray) -> np.ndarray:
     out = np.zeros(x.shape[:-1] + (3,), dtype=np.float32)
     out[..., :2] = x
     return out
-
-
-def _check_positions(scene: Scene, positions) -> np.ndarray:
-    n, dim = scene.num_particles, scene.dim
-    want = f"(frames, envs, {n}, {dim})"
-    try:
-        x = np.asarray(positions, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"positions: expected a numeric array of shape {want} for scene "
-                         f"{scene.name!r}, got {type(positions).__name__}") from None
-    if x.ndim != 4 or x.shape[2:] != (n, dim) or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"positions: shape {x.shape} does not match the expected {want} "
-                         f"(frames >= 1, envs >= 1) for scene {scene.name!r} "
-                         f"({n} particles, dim {dim})")
-    bad = ~np.isfinite(x).all(axis=(2, 3))
-    if bad.any():
-        t, e = (int(v) for v in np.argwhere(bad)[0])
-        raise ValueError(f"positions: non-finite values at frame {t}, env {e} "
-                         f"({int(bad.sum())} (frame, env) pairs in all)")
-    return x
-
-
-def _check_faces(scene: Scene, faces) -> np.ndarray | None:
-    if faces is None:
-        return None
-    f = np.asarray(faces)
-    if f.ndim != 2 or f.shape[0] < 1 or f.shape[1] not in (3, 4) or not np.issubdtype(f.dtype, np.integer):
-        raise ValueError(f"faces: expected an integer array of shape (F, 3) (triangles) or (F, 4) "
-                         f"(quads), got shape {f.shape} and dtype {f.dtype}")
-    if f.min() < 0 or f.max() >= scene.num_particles:
-        raise ValueError(f"faces: particle indices must lie in [0, {scene.num_particles}), "
-                         f"got [{int(f.min())}, {int(f.max())}]")
-    return f.astype(np.int64)
 
 
 def default_env_spacing(scene: Scene, positions=None) -> float:
@@ -446,18 +369,6 @@ def atomic_write(path, writer: Callable[[str], None]) -> Path:
 # Export
 # ------------------------------------------------------------------------------------------
 
-def _spring_colors(t: np.ndarray, scale: float) -> np.ndarray:
-    s = np.clip(t / scale, -1.0, 1.0)[..., None]
-    pos, neg = np.maximum(s, 0.0), np.maximum(-s, 0.0)
-    c = SPRING_REST + pos * (SPRING_TENSION - SPRING_REST) + neg * (SPRING_COMPRESSION - SPRING_REST)
-    return c.astype(np.float32)
-
-
-def _cable_colors(t: np.ndarray, scale: float) -> np.ndarray:
-    s = np.clip(t / scale, 0.0, 1.0)[..., None]
-    return (CABLE_SLACK + s * (CABLE_TAUT - CABLE_SLACK)).astype(np.float32)
-
-
 def _extents(pts: np.ndarray, pad: float) -> np.ndarray:
     """(T, E, k, 3) -> (T, E, 2, 3) float32 bounding boxes grown by ``pad``."""
     return np.stack([pts.min(axis=2) - pad, pts.max(axis=2) + pad], axis=2).astype(np.float32)
@@ -506,10 +417,9 @@ def export_rollout(scene, positions, path, *, dt: float | None = None, env_spaci
         OSError (FileNotFoundError, PermissionError, IsADirectoryError): unwritable path.
         SceneError: unknown scene name.
     """
-    _require_pxr()
-    sc = _as_scene(scene)
+    sc = as_scene(scene)
     path = _check_output_path(path)
-    x = _check_positions(sc, positions)
+    x = check_positions(sc, positions)
     frames, E = x.shape[:2]
     m = sc.num_springs
     if tensions is None:
@@ -521,7 +431,7 @@ def export_rollout(scene, positions, path, *, dt: float | None = None, env_spaci
                              f"{(frames, E, m)} (frames, envs, springs)")
         if not np.all(np.isfinite(ten)):
             raise ValueError("tensions: values must be finite")
-    fc = _check_faces(sc, faces)
+    fc = check_faces(sc, faces)
     dt = float(sc.dt if dt is None else dt)
     if not math.isfinite(dt) or dt <= 0:
         raise ValueError(f"dt = {dt!r}: must be > 0")
@@ -623,10 +533,10 @@ def _build_layer(sc: Scene, x: np.ndarray, ten: np.ndarray, faces, dt: float, ra
         data["Handles"] = np.ascontiguousarray(P[:, :, handles])
     if len(spring_sel):
         data["Springs"] = np.ascontiguousarray(P[:, :, sc.springs[spring_sel].ravel()])
-        spring_colors = _spring_colors(ten_s, scale_s)
+        spring_rgb = spring_colors(ten_s, scale_s)
     if len(cable_sel):
         data["Cables"] = np.ascontiguousarray(P[:, :, sc.springs[cable_sel].ravel()])
-        cable_colors = _cable_colors(ten_c, scale_c)
+        cable_rgb = cable_colors(ten_c, scale_c)
     if faces is not None:
         verts, inv = np.unique(faces, return_inverse=True)
         data["Cloth"] = np.ascontiguousarray(P[:, :, verts])
@@ -648,12 +558,12 @@ def _build_layer(sc: Scene, x: np.ndarray, ten: np.ndarray, faces, dt: float, ra
             prims["Handles"] = points_prim(env_path, "Handles", handles, HANDLE_COLOR, 1.5 * width)
         if "Springs" in data:
             prims["Springs"] = curves_prim(env_path, "Springs", spring_sel, curve_w, "bilateral")
-            attr_paths.append((prims["Springs"].GetDisplayColorAttr().GetPath(), spring_colors[:, e], Vt.Vec3fArray))
+            attr_paths.append((prims["Springs"].GetDisplayColorAttr().GetPath(), spring_rgb[:, e], Vt.Vec3fArray))
             attr_paths.append((prims["Springs"].GetPrim().GetAttribute("primvars:tension").GetPath(),
                                ten_s[:, e].astype(np.float32), Vt.FloatArray))
         if "Cables" in data:
             prims["Cables"] = curves_prim(env_path, "Cables", cable_sel, 0.6 * curve_w, "cable")
-            attr_paths.append((prims["Cables"].GetDisplayColorAttr().GetPath(), cable_colors[:, e], Vt.Vec3fArray))
+            attr_paths.append((prims["Cables"].GetDisplayColorAttr().GetPath(), cable_rgb[:, e], Vt.Vec3fArray))
             attr_paths.append((prims["Cables"].GetPrim().GetAttribute("primvars:tension").GetPath(),
                                ten_c[:, e].astype(np.float32), Vt.FloatArray))
         if "Cloth" in data:
@@ -731,7 +641,6 @@ def check_compliance(path) -> tuple[list[str], list[str]]:
     registered validator runs on the stage and each ``Error``-type result is an error, the rest
     warnings.
     """
-    _require_pxr()
     path = str(path)
     if hasattr(UsdUtils, "ComplianceChecker"):
         checker = UsdUtils.ComplianceChecker()
@@ -754,50 +663,8 @@ def check_compliance(path) -> tuple[list[str], list[str]]:
 
 
 # ------------------------------------------------------------------------------------------
-# Benchmark and command line
+# Command line
 # ------------------------------------------------------------------------------------------
-
-def bench_export(envs: int = 64, frames: int = 100, scene: str = "rope3d", suffix: str = ".usdc",
-                 out_dir=None, repeats: int = 3, simulate: bool = True) -> dict:
-    """Time :func:`export_rollout` of ``envs`` environments over ``frames`` simulated steps
-    (``frames + 1`` time samples with the initial state) to a temporary ``suffix`` file. The
-    reported ``export_s`` is the median of ``repeats`` exports (validation, stage building and
-    writing the file); ``simulate_s`` times the :func:`record_rollout` that produced the
-    positions (it includes kernel compilation when Warp's cache is cold)."""
-    sc = load_scene(scene)
-    t0 = time.perf_counter()
-    if simulate:
-        ro = record_rollout(sc, envs, frames, seed=0, device="cpu")
-        positions = ro.positions
-    else:
-        rng = np.random.default_rng(0)
-        positions = sc.positions + rng.normal(0.0, 0.01, size=(frames + 1, envs) + sc.positions.shape)
-    sim_s = time.perf_counter() - t0
-    times, size = [], 0
-    with tempfile.TemporaryDirectory(dir=out_dir) as d:
-        out = Path(d) / f"bench{suffix}"
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            export_rollout(sc, positions, out)
-            times.append(time.perf_counter() - t0)
-        size = out.stat().st_size
-    return {"benchmark": "usd_export", "scene": scene, "envs": envs, "steps": frames,
-            "time_samples": frames + 1, "format": suffix, "export_s": float(np.median(times)),
-            "export_s_all": times, "file_bytes": size, "simulate_s": sim_s, "usd": ".".join(map(str, Usd.GetVersion()))}
-
-
-def _parse_params(items) -> dict:
-    params = {}
-    for kv in items or []:
-        k, sep, v = kv.partition("=")
-        if not sep or not k:
-            raise ValueError(f"--param {kv!r}: expected NAME=VALUE")
-        try:
-            params[k] = json.loads(v)
-        except json.JSONDecodeError:
-            params[k] = v
-    return params
-
 
 def load_policy(checkpoint, scene: Scene, device="cpu"):
     """A callable ``policy(t, x, v) -> actions`` from a training checkpoint, via
@@ -839,10 +706,13 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="run the USD compliance checker on the file")
     p.add_argument("--bench", action="store_true",
                    help="benchmark the export (default 64 envs x 100 steps of rope3d) and print JSON; "
-                        "the extension of --out, if given, picks the format (default .usdc)")
+                        "the extension of --out, if given, picks the format (default .usdc). The same as "
+                        "`python -m warpsim_rl.bench usd --json` (warpsim_rl.bench.usd)")
     args = p.parse_args(argv)
 
     if args.bench:
+        from .bench.usd import bench_export
+
         res = bench_export(envs=args.envs or 64, frames=args.steps,
                            scene=args.scene or "rope3d", suffix=Path(args.out).suffix if args.out else ".usdc")
         print(json.dumps(res))
@@ -856,7 +726,7 @@ def main(argv=None) -> int:
             if Path(args.png).suffix.lower() != ".png":
                 raise ValueError(f"--png {args.png!r}: the file must end in .png")
             probe_writable(args.png)
-        sc = load_scene(args.scene, **_parse_params(args.param))
+        sc = load_scene(args.scene, **parse_params(args.param))
         actions = load_policy(args.policy, sc, args.device) if args.policy else None
         t0 = time.perf_counter()
         ro = record_rollout(sc, args.envs or 4, args.steps, actions, seed=args.seed, device=args.device,
@@ -869,7 +739,7 @@ def main(argv=None) -> int:
         print(f"wrote {out} ({sc.name}: {ro.envs} envs, {ro.frames} frames, dt {ro.dt} s; "
               f"simulate {t1 - t0:.2f} s, export {t2 - t1:.2f} s)")
         if args.png:
-            from .render import render_preview
+            from .viz.preview import render_preview
 
             render_preview(sc, ro.positions, args.png, dt=ro.dt)
             print(f"wrote {args.png}")

@@ -1,8 +1,9 @@
-"""Small shared helpers: device and dtype resolution, Warp vector types."""
+"""Small shared helpers: device and dtype resolution, Warp vector types, ``NAME=VALUE`` options."""
 
 from __future__ import annotations
 
 import functools
+import json
 
 import warp as wp
 
@@ -57,3 +58,19 @@ def wp_vec_type(dim: int, dtype):
     from .kernels.elements import element_funcs
 
     return element_funcs(dtype, dim).vec
+
+
+def parse_params(items) -> dict:
+    """``{"NAME": value}`` from ``NAME=VALUE`` strings (the ``--param`` options of the command
+    lines): each value is read as JSON (``20``, ``1e4``, ``true``, ``[1, 2]``), else kept as a
+    string. ``ValueError`` for an item without ``=`` or without a name."""
+    params = {}
+    for kv in items or []:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise ValueError(f"--param {kv!r}: expected NAME=VALUE")
+        try:
+            params[k] = json.loads(v)
+        except json.JSONDecodeError:
+            params[k] = v
+    return params

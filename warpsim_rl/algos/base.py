@@ -1,140 +1,220 @@
-"""The training configuration and the pieces every algorithm shares.
+"""The algorithm base: what every training algorithm shares (rsl_rl-style small algorithm files
+over one contract).
 
-:class:`TrainConfig` is one flat dataclass (CleanRL style): ``train.py`` turns every field into a
-command-line flag and reads the same names from a TOML config file. :class:`Algorithm` owns the
-task, the policy, a :class:`~warpsim_rl.algos.rollout.Rollouts` of ``num_envs`` environments, the
-random generator of initial states and the optimiser, and knows how to save and restore all of
-it (for exact resume).
+An :class:`Algorithm` is built from a task, a :class:`~warpsim_rl.algos.config.RunConfig` and its
+own config dataclass (``Algorithm.Config``). The base owns
+
+* the :class:`~warpsim_rl.core.StepCore` of ``num_envs`` environments (``self.core``) — every
+  algorithm steps the same core as the torch environment and the baselines;
+* the deterministic actor ``self.policy`` (:class:`~warpsim_rl.algos.models.MLPPolicy`), created
+  first under ``torch.manual_seed(seed)`` so that a seed gives every algorithm the same initial
+  weights; the test bed evaluates it;
+* registries of named **modules** (networks: actor, critics, targets), **optimisers** (each
+  with a base learning rate and a schedule), **buffers** (anything with ``state_dict`` /
+  ``load_state_dict``, e.g. a replay buffer) and **random generators** (numpy ``Generator``,
+  ``torch.Generator`` or :data:`TORCH_GLOBAL_RNG`). Saving / loading (exact resume), parameter
+  broadcast and the flat gradient all-reduce of data-parallel training work on those registries,
+  so a new algorithm only registers its pieces.
+
+A subclass implements :meth:`train_epoch` (returning a metrics dict with at least
+:data:`STANDARD_METRICS`) and, if it has extra pieces, registers them in ``__init__``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ..core import StepCore
 from ..tasks import Task
-from .policy import MLPPolicy
-from .rollout import Rollouts
+from .config import AlgoConfig, RunConfig
+from .models import MLPPolicy
+from .schedules import LR_SCHEDULES
 
-__all__ = ["TrainConfig", "Algorithm", "LR_SCHEDULES"]
+__all__ = ["Algorithm", "STANDARD_METRICS", "TORCH_GLOBAL_RNG"]
 
-#: learning-rate schedules; "" selects the algorithm's default
-LR_SCHEDULES = ("", "constant", "linear")
+#: metrics every ``train_epoch`` returns: the mean return of the epoch's training rollouts over
+#: the envs that did not fail, and how many envs failed
+STANDARD_METRICS = ("train/return_before", "train/diverged")
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run needs. Units: actions in m/s; ``horizon`` in steps."""
+class _TorchGlobalRNG:
+    """Stands for torch's global generator (``torch.manual_seed`` / ``torch.randint`` without a
+    generator) in the generator registry."""
 
-    env: str = "pendulum2d-stop"          #: registered task name
-    algo: str = "pods2"                   #: see warpsim_rl.algos.ALGORITHMS
-    num_envs: int = 256                   #: rollouts per epoch (PODS' k)
-    epochs: int = 30                      #: training epochs
-    device: str = "cpu"                   #: Warp/torch device
-    dtype: str = "float32"                #: simulation and network precision
-    seed: int = 0                         #: seeds initial states and network weights
-    out: str = ""                         #: output folder ("" = runs/<env>-<algo>-s<seed>)
-    horizon: int = 0                      #: rollout length (0 = the task's horizon)
-    hidden: tuple = (64, 64)              #: policy MLP widths
-    normalize_obs: bool = True            #: standardise observations with running statistics
-    lr: float = 0.0                       #: Adam learning rate (0 = the algorithm's default)
-    lr_schedule: str = ""                 #: "constant" or "linear" (to 0 over the epochs); "" = the algorithm's default
-    regression_steps: int = 50            #: PODS: Adam steps on Eq. 7 per epoch
-    regression_batch: int = 4096          #: PODS: minibatch of (state, action) pairs per Adam step
-    policy_check: bool = True             #: PODS: keep a regressed policy only if its batch return did not drop
-    line_search: int = 6                  #: PODS: step sizes alpha = 1, 1/2, ..., tried in parallel
-    first_order_step: float = 0.05        #: PODS 1st order: largest change of a full step / limit
-    gn_damping: float = 1.0               #: PODS 2nd order: Levenberg-Marquardt term added to H
-    chunk: int = 256                      #: PODS 2nd order: rollouts per Gauss-Newton batch
-    bptt_steps: int = 1                   #: BPTT: gradient steps per epoch
-    max_grad_norm: float = 1.0            #: BPTT, zobg/fobg/aobg: gradient-norm clip
-    pg_samples: int = 4                   #: zobg/fobg/aobg: noisy rollouts per initial state
-    pg_sigma: float = 0.2                 #: zobg/fobg/aobg: action-noise std (m/s)
-    aobg_gamma: float = 1000.0            #: aobg: tolerance gamma on |g_alpha - E g0| (units of dV/dtheta)
-    aobg_delta: float = 0.05              #: aobg: confidence level delta of the ZoBG interval
-    eval_every: int = 5                   #: epochs between test-bed evaluations (0 = only at the end)
-    usd_envs: int = 16                    #: test-bed rollouts exported to USD at the end (0 = none)
+    def get_state(self):
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
 
-    def validate(self) -> None:
-        from . import ALGORITHMS
-        from ..tasks import task_names
+    def set_state(self, state) -> None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"algo = {self.algo!r}: unknown; valid algorithms: {sorted(ALGORITHMS)}")
-        if self.env not in task_names():
-            raise ValueError(f"env = {self.env!r}: unknown; valid environments: {task_names()}")
-        for name in ("num_envs", "epochs", "regression_steps", "regression_batch", "line_search", "chunk",
-                     "bptt_steps", "pg_samples"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{name} = {val!r}: must be an integer >= 1")
-        for name in ("horizon", "eval_every", "usd_envs"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-                raise ValueError(f"{name} = {val!r}: must be an integer >= 0")
-        if not 0.0 < self.aobg_delta < 1.0:
-            raise ValueError(f"aobg_delta = {self.aobg_delta!r}: must be in (0, 1)")
-        for name in ("first_order_step", "max_grad_norm", "pg_sigma", "aobg_gamma"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} = {getattr(self, name)!r}: must be > 0")
-        for name in ("normalize_obs", "policy_check"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} = {getattr(self, name)!r}: must be true or false")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule = {self.lr_schedule!r}: must be one of {LR_SCHEDULES}")
-        if not self.gn_damping >= 0:
-            raise ValueError(f"gn_damping = {self.gn_damping!r}: must be >= 0")
-        if not self.lr >= 0:
-            raise ValueError(f"lr = {self.lr!r}: must be >= 0 (0 = the algorithm's default)")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype = {self.dtype!r}: must be 'float32' or 'float64'")
+
+TORCH_GLOBAL_RNG = _TorchGlobalRNG()
+
+
+def _generator_state(gen):
+    if isinstance(gen, np.random.Generator):
+        return gen.bit_generator.state
+    return gen.get_state()
+
+
+def _set_generator_state(gen, state) -> None:
+    if isinstance(gen, np.random.Generator):
+        gen.bit_generator.state = state
+    else:
+        gen.set_state(state)
 
 
 class Algorithm:
-    """Base of the training algorithms: ``begin_epoch(epoch)``, ``train_epoch() -> metrics``,
-    ``state_dict()``, ``load_state_dict()``; subclasses call :meth:`make_optimizer`."""
+    """Base of the training algorithms (see the module doc)."""
 
-    optimizer: torch.optim.Optimizer
+    #: the algorithm's config dataclass (a subclass of AlgoConfig)
+    Config: ClassVar[type[AlgoConfig]] = AlgoConfig
 
-    def __init__(self, task: Task, cfg: TrainConfig):
-        self.task, self.cfg = task, cfg
-        self.rollouts = Rollouts(task, cfg.num_envs, cfg.device, cfg.dtype)
-        self.device, self.dtype = self.rollouts.device, self.rollouts.dtype
-        torch.manual_seed(cfg.seed)
-        self.policy = MLPPolicy(task.obs_dim, task.action_dim, self.rollouts.limit, tuple(cfg.hidden),
-                                 normalize=cfg.normalize_obs).to(
-            device=self.device, dtype=self.dtype)
-        self.rng = np.random.default_rng(cfg.seed)
+    def __init__(self, task: Task, run: RunConfig, cfg: AlgoConfig):
+        if not isinstance(cfg, self.Config):
+            raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
+        self.task, self.run, self.cfg = task, run, cfg
+        self.core = StepCore(task, run.num_envs, run.device, run.dtype)
+        self.device, self.dtype = self.core.device, self.core.dtype
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.buffers: dict[str, Any] = {}
+        self.generators: dict[str, Any] = {}
+        self._schedules: dict[str, tuple[float, str]] = {}
+        torch.manual_seed(run.seed)
+        self.policy = self.register_module("policy", self.make_actor())
+        self.rng = self.register_generator("rng", np.random.default_rng(run.seed))
+        self.register_generator("torch", TORCH_GLOBAL_RNG)
 
-    def make_optimizer(self, default_lr: float, default_schedule: str) -> None:
-        """Adam on the policy weights at ``cfg.lr`` and ``cfg.lr_schedule``, or the algorithm's
-        defaults where those are unset (0, "")."""
-        self.base_lr = self.cfg.lr or default_lr
-        self.lr_schedule = self.cfg.lr_schedule or default_schedule
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.base_lr)
+    # -- shared pieces ---------------------------------------------------------------------------
+    def make_actor(self) -> MLPPolicy:
+        """The deterministic actor every algorithm starts from (same widths and, per seed, same
+        weights for every algorithm)."""
+        return MLPPolicy(self.task.obs_dim, self.task.action_dim, self.core.limit, tuple(self.cfg.hidden),
+                         normalize=self.cfg.normalize_obs).to(device=self.device, dtype=self.dtype)
 
+    def initial_state(self, core: StepCore | None = None, copies: int = 1):
+        """``num_envs`` initial states drawn from the task's distribution with ``self.rng``, each
+        repeated ``copies`` times (sample-major: env ``k * num_envs + b``), as the state tuple of
+        ``core`` (default ``self.core``)."""
+        pos, vel = self.task.sample_initial_states(self.run.num_envs, self.rng)
+        if copies > 1:
+            pos, vel = (np.tile(a, (copies, 1, 1)) for a in (pos, vel))
+        return (core or self.core).initial_state(pos, vel)
+
+    # -- registries ------------------------------------------------------------------------------
+    def register_module(self, name: str, module: torch.nn.Module) -> torch.nn.Module:
+        self._check_name(name, self.modules)
+        self.modules[name] = module
+        return module
+
+    def register_optimizer(self, name: str, params, lr: float | None = None, schedule: str | None = None,
+                           optimizer=torch.optim.Adam, **kwargs) -> torch.optim.Optimizer:
+        """An optimiser over ``params`` (default Adam) at ``lr`` (default ``cfg.lr``), its
+        learning rate set at each epoch by ``schedule`` (default ``cfg.lr_schedule``)."""
+        self._check_name(name, self.optimizers)
+        lr = self.cfg.lr if lr is None else lr
+        schedule = self.cfg.lr_schedule if schedule is None else schedule
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(f"schedule = {schedule!r}: must be one of {sorted(LR_SCHEDULES)}")
+        opt = optimizer(params, lr=lr, **kwargs)
+        self.optimizers[name] = opt
+        self._schedules[name] = (lr, schedule)
+        return opt
+
+    def register_buffer(self, name: str, buffer):
+        self._check_name(name, self.buffers)
+        self.buffers[name] = buffer
+        return buffer
+
+    def register_generator(self, name: str, generator):
+        self._check_name(name, self.generators)
+        self.generators[name] = generator
+        return generator
+
+    @staticmethod
+    def _check_name(name: str, registry: dict) -> None:
+        if name in registry:
+            raise ValueError(f"{name!r} is already registered")
+
+    # -- the epoch -------------------------------------------------------------------------------
     def begin_epoch(self, epoch: int) -> None:
-        """Set the learning rate of 0-based ``epoch``: ``"linear"`` decays it as
-        ``base_lr (1 - epoch / cfg.epochs)`` (CleanRL's ``anneal_lr``), ``"constant"`` keeps it."""
-        frac = 1.0 - epoch / self.cfg.epochs if self.lr_schedule == "linear" else 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * frac
+        """Set every optimiser's learning rate for 0-based ``epoch`` from its schedule."""
+        for name, opt in self.optimizers.items():
+            base, schedule = self._schedules[name]
+            lr = LR_SCHEDULES[schedule](base, epoch, self.run.epochs)
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     def train_epoch(self) -> dict:  # pragma: no cover - abstract
+        """One epoch; returns metrics with at least :data:`STANDARD_METRICS`."""
         raise NotImplementedError
 
+    # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything needed to continue bit-identically: modules, optimisers, buffers, random
+        generators."""
         return {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "buffers": {k: b.state_dict() for k, b in self.buffers.items()},
+            "generators": {k: _generator_state(g) for k, g in self.generators.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        for part, registry in (("modules", self.modules), ("optimizers", self.optimizers),
+                               ("buffers", self.buffers), ("generators", self.generators)):
+            saved = state.get(part, {})
+            if set(saved) != set(registry):
+                raise ValueError(f"checkpoint {part} {sorted(saved)} do not match this algorithm's {sorted(registry)}")
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, b in self.buffers.items():
+            b.load_state_dict(state["buffers"][k])
+        for k, g in self.generators.items():
+            _set_generator_state(g, state["generators"][k])
+
+    # -- data-parallel training --------------------------------------------------------------------
+    def parameters(self):
+        """Every trainable parameter of the registered modules, in registration order."""
+        return [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+
+    def broadcast_parameters(self, src: int = 0) -> None:
+        """Copy rank ``src``'s parameters and buffers of every registered module to all ranks
+        (``torch.distributed``; a no-op without a process group)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        for m in self.modules.values():
+            for t in list(m.parameters()) + list(m.buffers()):
+                dist.broadcast(t.data, src)
+
+    def all_reduce_gradients(self) -> None:
+        """Average the gradients of every registered parameter over the ranks with one flat
+        all-reduce (rsl_rl's scheme; a no-op without a process group)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        params = [p for p in self.parameters() if p.grad is not None]
+        if not params:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+            offset += n

@@ -2,43 +2,64 @@
 
 Each epoch rolls out ``pi_theta`` from ``k`` sampled initial states keeping the autograd graph
 through the policy and the simulator (the implicit adjoints of ``warpsim_rl.autodiff``), and
-takes ``bptt_steps`` Adam steps on ``-mean(V)`` with the gradient norm clipped to
-``max_grad_norm`` (BPTT is prone to exploding gradients; PODS Sec. 4).
+takes ``gradient_steps`` Adam steps on ``-mean(V)`` over the envs that did not fail, with the
+gradient norm clipped to ``max_grad_norm`` (BPTT is prone to exploding gradients; PODS Sec. 4).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..tasks import Task
-from .base import Algorithm, TrainConfig
+from .base import Algorithm
+from .config import AlgoConfig, RunConfig, check_int, check_positive
+from .returns import masked_mean
 
-__all__ = ["BPTT"]
+__all__ = ["BPTT", "BPTTConfig"]
+
+
+@dataclasses.dataclass
+class BPTTConfig(AlgoConfig):
+    """BPTT options."""
+
+    lr: float = 1e-2
+    """Adam learning rate (tuned on pendulum2d-stop over {1e-3, 3e-3, 1e-2, 3e-2}, docs/results.md)"""
+    lr_schedule: str = "constant"
+    """kept constant (a linear decay was worse on pendulum2d-stop)"""
+    gradient_steps: int = 1
+    """gradient steps per epoch, each on a fresh differentiable rollout from the epoch's states"""
+    max_grad_norm: float = 1.0
+    """gradient-norm clip"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("gradient_steps", self.gradient_steps, 1)
+        check_positive("max_grad_norm", self.max_grad_norm)
 
 
 class BPTT(Algorithm):
-    #: learning rate, constant (tuned on pendulum2d-stop over {1e-3, 3e-3, 1e-2, 3e-2} and against a
-    #: linear decay, docs/results.md)
-    DEFAULT_LR = 1e-2
+    Config = BPTTConfig
 
-    def __init__(self, task: Task, cfg: TrainConfig):
-        super().__init__(task, cfg)
-        self.make_optimizer(self.DEFAULT_LR, "constant")
+    def __init__(self, task: Task, run: RunConfig, cfg: BPTTConfig):
+        super().__init__(task, run, cfg)
+        self.optimizer = self.register_optimizer("policy", self.policy.parameters())
 
     def train_epoch(self) -> dict:
         cfg, task = self.cfg, self.task
-        pos, vel = task.sample_initial_states(cfg.num_envs, self.rng)
-        state0 = self.rollouts.initial_state(pos, vel)
-        for _ in range(cfg.bptt_steps):
-            traj = self.rollouts.policy(self.policy, state0, task.horizon, graph=True)
+        state0 = self.initial_state()
+        for _ in range(cfg.gradient_steps):
+            traj = self.core.rollout(self.policy, state0, task.horizon, graph=True)
             ok = ~traj.failed
-            loss = -(traj.returns * ok).sum() / ok.sum().clamp_min(1)
+            loss = -masked_mean(traj.returns, ok)
             self.optimizer.zero_grad()
             loss.backward()
+            self.all_reduce_gradients()
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
         # after the steps: the graph was built with the old statistics (in-place update); states of
         # failed environments are not observed
-        self.policy.observe(traj.obs.detach()[:, ~traj.failed])
-        return {"train/return_before": float(traj.returns.detach().mean()), "train/grad_norm": float(norm),
+        self.policy.observe(traj.obs.detach()[:, ok])
+        return {"train/return_before": float(masked_mean(traj.returns.detach(), ok)), "train/grad_norm": float(norm),
                 "train/diverged": int(traj.failed.sum())}

@@ -4,14 +4,14 @@
 What is smoothed. The policy ``pi_theta`` (the MLP of :mod:`.policy`, parameters ``theta``,
 ``d`` numbers) acts with Gaussian noise on *every action*: at step ``h`` of a rollout from
 ``x_0`` the executed action is ``a_h = clip(pi_theta(o(x_h)) + w_h)``, ``w_h ~ N(0, sigma^2 I)``
-(``sigma = pg_sigma`` in m/s; ``clip`` to the task's limits, as in every rollout). With
+(``sigma`` in m/s; ``clip`` to the task's limits, as in every rollout). With
 ``w = (w_0 .. w_{T-1})``,
 
     f(theta, w; x_0) = V = sum_h r_h            (the return of that noisy rollout, PODS Eq. 15)
 
 and the objective is the smoothed return ``F(theta) = E_{x_0, w} f(theta, w; x_0)`` (``x_0`` from
 the task's initial-state distribution). Each epoch draws ``B = num_envs`` initial states and
-``K = pg_samples`` noise sequences per state; every (state, noise) pair is one sample ``i``, and
+``K = samples`` noise sequences per state; every (state, noise) pair is one sample ``i``, and
 all samples run as extra environments of one simulator launch per batch:
 
 * ZoBG (likelihood ratio, noise-free baseline per initial state)::
@@ -33,30 +33,64 @@ all samples run as extra environments of one simulator launch per batch:
 * AoBG: ``alpha g1 + (1 - alpha) g0`` from *independent* batches (``B K`` FoBG samples and
   ``B K`` ZoBG samples + ``B`` baselines, each from its own initial states and noise), ``alpha``
   from the confidence-interval rule (:func:`warpsim_rl.estimators.choose_alpha`) with
-  ``gamma = aobg_gamma`` (in units of the return's gradient), ``delta = aobg_delta`` and
+  ``gamma = alpha_gamma`` (in units of the return's gradient), ``delta = alpha_delta`` and
   ``d`` = the number of policy parameters.
 
 The estimate (of ``dF/dtheta``, an ascent direction) drives Adam on ``-F`` with learning rate
-``lr`` (0: ``EstimatorPG.DEFAULT_LR``: 3e-3 for ZoBG, 1e-2 for FoBG/AoBG); its norm is clipped
-to ``max_grad_norm``. Samples whose Newton solve failed are dropped (and counted in
-``train/diverged``); since the backward pass cannot go through a non-converged step, a FoBG batch
-with a failure yields no first-order estimate that epoch (FoBG skips the update, AoBG uses ZoBG
-alone). Noise is drawn from the algorithm's numpy generator, so checkpoints resume exactly.
+``lr`` (the registry's presets: 3e-3 for ZoBG, 1e-2 for FoBG/AoBG); its norm is clipped to
+``max_grad_norm``. Samples whose Newton solve failed are dropped (and counted in
+``train/diverged``): the step core freezes them at their last valid state, so their returns stay
+finite, and their per-sample rows are left out of every estimate. Noise is drawn from the algorithm's numpy generator, so checkpoints resume exactly.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import dataclasses
+
 import torch
 from torch.func import functional_call, grad, vmap
 
 from .. import estimators as est
-from ..autodiff import GradientError
+from ..core import StepCore, Trajectory
 from ..tasks import Task
-from .base import Algorithm, TrainConfig
-from .rollout import Rollouts, Trajectory
+from .base import Algorithm
+from .config import AlgoConfig, RunConfig, check_choice, check_int, check_positive, check_range
+from .returns import masked_mean
 
-__all__ = ["EstimatorPG", "policy_vjp_per_sample", "NoisyPolicy"]
+__all__ = ["EstimatorPG", "EstimatorConfig", "policy_vjp_per_sample", "NoisyPolicy"]
+
+
+@dataclasses.dataclass
+class EstimatorConfig(AlgoConfig):
+    """Options of the policy-gradient estimators (Suh et al. 2022)."""
+
+    method: str = "fobg"
+    """'zobg', 'fobg' or 'aobg' (the registry's zobg / fobg / aobg set it)"""
+    lr: float = 1e-2
+    """Adam learning rate: on pendulum2d-stop (256 x 4 samples, 30 epochs, seed 0, raw observations) the
+    test-bed reward for lr in {1e-3, 3e-3, 1e-2, 3e-2} was fobg -42.5, -16.3, -14.1, -13.3 and zobg -48.2,
+    -20.9, -25.1, -54.8 (docs/estimators.md): 1e-2 for fobg/aobg, 3e-3 for zobg"""
+    lr_schedule: str = "constant"
+    """kept constant"""
+    samples: int = 4
+    """noisy rollouts per initial state (K)"""
+    sigma: float = 0.2
+    """action-noise standard deviation (m/s)"""
+    alpha_gamma: float = 1000.0
+    """aobg: tolerance gamma on |g_alpha - E g0| (units of dV/dtheta)"""
+    alpha_delta: float = 0.05
+    """aobg: confidence level delta of the ZoBG interval"""
+    max_grad_norm: float = 1.0
+    """gradient-norm clip"""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("method", self.method, est.METHODS)
+        check_int("samples", self.samples, 1)
+        check_positive("sigma", self.sigma)
+        check_positive("alpha_gamma", self.alpha_gamma)
+        check_range("alpha_delta", self.alpha_delta, 0.0, 1.0)
+        check_positive("max_grad_norm", self.max_grad_norm)
 
 
 class NoisyPolicy:
@@ -92,53 +126,40 @@ def policy_vjp_per_sample(policy: torch.nn.Module, obs: torch.Tensor, cot: torch
 
 def _output_adjoints(total: torch.Tensor, outputs: list[torch.Tensor]):
     """``d total / d outputs_h`` for every policy output (one backward pass through the rollout;
-    raises :class:`~warpsim_rl.autodiff.GradientError` through a non-converged step)."""
+    envs whose step failed are frozen by the step core and get zero rows)."""
     return torch.autograd.grad(total, outputs, allow_unused=True)
 
 
 class EstimatorPG(Algorithm):
-    """Policy-gradient training with ZoBG / FoBG / AoBG (``method``); see the module doc."""
+    """Policy-gradient training with ZoBG / FoBG / AoBG (``cfg.method``); see the module doc."""
 
-    #: Adam learning rates when ``cfg.lr`` is 0 (constant schedule): on pendulum2d-stop (256 x 4
-    #: samples, 30 epochs, seed 0, raw observations) the test-bed reward for lr in {1e-3, 3e-3,
-    #: 1e-2, 3e-2} was fobg -42.5, -16.3, -14.1, -13.3 and zobg -48.2, -20.9, -25.1, -54.8
-    #: (docs/estimators.md); aobg follows fobg.
-    DEFAULT_LR = {"zobg": 3e-3, "fobg": 1e-2, "aobg": 1e-2}
+    Config = EstimatorConfig
 
-    def __init__(self, task: Task, cfg: TrainConfig, method: str):
-        if method not in est.METHODS:
-            raise ValueError(f"method = {method!r}: must be one of {list(est.METHODS)}")
-        super().__init__(task, cfg)
-        self.method = method
-        B, K = cfg.num_envs, cfg.pg_samples
-        self.fo_rollouts = Rollouts(task, B * K, cfg.device, cfg.dtype) if method != "zobg" else None
-        self.zo_rollouts = Rollouts(task, B * (K + 1), cfg.device, cfg.dtype) if method != "fobg" else None
+    def __init__(self, task: Task, run: RunConfig, cfg: EstimatorConfig):
+        super().__init__(task, run, cfg)
+        self.method = cfg.method
+        B, K = run.num_envs, cfg.samples
+        self.fo_core = StepCore(task, B * K, run.device, run.dtype) if self.method != "zobg" else None
+        self.zo_core = StepCore(task, B * (K + 1), run.device, run.dtype) if self.method != "fobg" else None
         self.num_params = sum(p.numel() for p in self.policy.parameters())
-        self.make_optimizer(self.DEFAULT_LR[method], "constant")
+        self.optimizer = self.register_optimizer("policy", self.policy.parameters())
 
     # -- sampling ------------------------------------------------------------------------------
-    def _initial(self, ro: Rollouts, copies: int):
-        """``B`` initial states, each repeated ``copies`` times (sample-major: index
-        ``k * B + b``)."""
-        pos, vel = self.task.sample_initial_states(self.cfg.num_envs, self.rng)
-        reps = [np.tile(a, (copies, 1, 1)) for a in (pos, vel)]
-        return ro.initial_state(*reps)
-
     def _noise(self, E: int) -> torch.Tensor:
         T, na = self.task.horizon, self.task.action_dim
-        w = self.rng.standard_normal((T, E, na)) * self.cfg.pg_sigma
+        w = self.rng.standard_normal((T, E, na)) * self.cfg.sigma
         return torch.as_tensor(w, dtype=self.dtype, device=self.device)
 
-    def _rollout(self, ro: Rollouts, state0, noise: torch.Tensor, graph: bool) -> tuple[Trajectory, NoisyPolicy]:
+    def _rollout(self, core: StepCore, state0, noise: torch.Tensor, graph: bool) -> tuple[Trajectory, NoisyPolicy]:
         pol = NoisyPolicy(self.policy, noise)
-        traj = ro.policy(pol, state0, self.task.horizon, graph=graph)
+        traj = core.rollout(pol, state0, self.task.horizon, graph=graph)
         return traj, pol
 
     def zeroth_order(self) -> tuple[est.Estimate, dict]:
         """ZoBG per-sample rows from ``B K`` noisy rollouts and ``B`` noise-free baselines."""
-        B, K, sigma = self.cfg.num_envs, self.cfg.pg_samples, self.cfg.pg_sigma
-        ro = self.zo_rollouts
-        state0 = self._initial(ro, K + 1)
+        B, K, sigma = self.run.num_envs, self.cfg.samples, self.cfg.sigma
+        ro = self.zo_core
+        state0 = self.initial_state(ro, K + 1)
         noise = self._noise(B * (K + 1))
         noise[:, B * K:] = 0.0  # the last B environments are the noise-free baselines
         with torch.no_grad():
@@ -156,21 +177,14 @@ class EstimatorPG(Algorithm):
 
     def first_order(self) -> tuple[est.Estimate, dict]:
         """FoBG per-sample rows from ``B K`` noisy rollouts with the autograd graph."""
-        B, K = self.cfg.num_envs, self.cfg.pg_samples
-        ro = self.fo_rollouts
-        state0 = self._initial(ro, K)
+        B, K = self.run.num_envs, self.cfg.samples
+        ro = self.fo_core
+        state0 = self.initial_state(ro, K)
         noise = self._noise(B * K)
         traj, pol = self._rollout(ro, state0, noise, graph=True)
         ok = ~traj.failed
         V = traj.returns
-        try:
-            adj = _output_adjoints((V * ok).sum(), pol.outputs)
-        except GradientError:
-            # a step of some environment cannot be differentiated (non-converged Newton solve):
-            # no first-order estimate this epoch (AoBG then uses ZoBG alone, FoBG skips the update)
-            empty = torch.zeros(0, self.num_params, dtype=self.dtype, device=self.device)
-            return est.Estimate(empty), {"return_noisy": V.detach()[ok], "failed": int(traj.failed.numel()),
-                                         "obs": traj.obs.detach()[:, ok]}
+        adj = _output_adjoints((V * ok).sum(), pol.outputs)
         adj = torch.stack([a if a is not None else torch.zeros_like(o) for a, o in zip(adj, pol.outputs)])
         rows = policy_vjp_per_sample(self.policy, traj.obs.detach()[:, ok], adj[:, ok])
         stats = {"return_noisy": V.detach()[ok], "failed": int((~ok).sum()), "obs": traj.obs.detach()[:, ok]}
@@ -204,7 +218,7 @@ class EstimatorPG(Algorithm):
             g = zo.grad
             m["train/alpha"] = 0.0
         else:
-            comb, choice = est.alpha_order(zo, fo, self.cfg.aobg_gamma, self.cfg.aobg_delta)
+            comb, choice = est.alpha_order(zo, fo, self.cfg.alpha_gamma, self.cfg.alpha_delta)
             g = comb.grad
             m.update({"train/alpha": choice.alpha, "train/alpha_star": choice.alpha_star, "train/aobg_eps": choice.eps,
                       "train/aobg_gap": choice.gap})
@@ -224,6 +238,7 @@ class EstimatorPG(Algorithm):
             n = p.numel()
             p.grad = -g[i:i + n].reshape(p.shape).to(p.dtype)  # Adam minimises -F
             i += n
+        self.all_reduce_gradients()
         m["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm))
         self.optimizer.step()
         for o in obs:  # after the step: the estimate was taken with the old statistics

@@ -182,7 +182,7 @@ class WarpSimGymEnv(gymnasium.Env):
     def __init__(self, task: Task | str, device="cpu", dtype="float32", render_mode: str | None = None):
         if render_mode is not None:
             raise ValueError(f"render_mode = {render_mode!r}: WarpSimGymEnv does not render "
-                             "(see warpsim_rl.envs.pictures for drawings)")
+                             "(see warpsim_rl.viz for drawings)")
         self.render_mode = None
         self.env = WarpSimEnv(task, 1, device=device, dtype=dtype, auto_reset=False, validate=False)
         self.task = self.env.task

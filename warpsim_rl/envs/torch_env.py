@@ -34,8 +34,9 @@ import torch
 import warp as wp
 
 from ..scene import SceneError
-from ..sim import ActionError, Simulator
-from ..tasks import Task, make_task, reward as _reward
+from ..core import StepCore
+from ..sim import ActionError, SimulationError
+from ..tasks import Task, make_task
 
 __all__ = ["WarpSimEnv", "ActionError"]
 
@@ -64,28 +65,23 @@ class WarpSimEnv:
     def __init__(self, task: Task | str, num_envs: int, device="cpu", dtype="float32", seed=None,
                  auto_reset: bool = True, validate: bool = True):
         self.task = make_task(task)
-        self.model = self.task.scene.build(num_envs=num_envs, device=device, dtype=dtype)
-        m = self.model
-        lim = self.task.action_limits
-        if not np.array_equal(lim, m.scene.velocity_limit.reshape(lim.shape)):
-            m.velocity_limit.assign(wp.array(lim.astype(m.np_dtype), dtype=m.vec, device=m.device))
-        self.sim = Simulator(m)
+        self.core = StepCore(self.task, num_envs, device, dtype)
+        m = self.model = self.core.model
+        self.sim = self.core.sim
         self.num_envs = m.num_envs
         self.obs_dim = self.task.obs_dim
         self.action_dim = self.task.action_dim
         self.horizon = self.task.horizon
         self.auto_reset = bool(auto_reset)
         self.validate = bool(validate)
-        self.device = torch.device(wp.device_to_torch(m.device))
-        self.dtype = torch.float32 if m.np_dtype == np.float32 else torch.float64
+        self.device = self.core.device
+        self.dtype = self.core.dtype
         self._states = [m.state(), m.state()]
         self._views = [tuple(wp.to_torch(a) for a in s.arrays()) for s in self._states]
         self._cur = 0
         self.control = m.control()
         self._action_view = wp.to_torch(self.control.action)  # (E, max(h,1), dim)
         self._status = wp.to_torch(self.sim.status)
-        self._const = self.task.constants(self.device, self.dtype)
-        self._lim = self._const["limit"]
         self._rng = np.random.default_rng(seed)
         self.episode_step = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self._has_reset = False
@@ -113,15 +109,14 @@ class WarpSimEnv:
         state. They alias simulator memory: clone them to keep values across steps."""
         return self._views[self._cur]
 
-    def flat_state(self) -> torch.Tensor:
-        """The full state ``s = [x, v, x_prev, v_prev]`` (E, 4*n*dim), a copy (the layout of
-        :meth:`Task.reward_derivatives`)."""
-        return torch.cat([t.reshape(self.num_envs, -1) for t in self.state_tensors()], dim=1)
+    def flat_state(self, layout: str = "full") -> torch.Tensor:
+        """The current state as one vector per env, a copy: ``"full"`` ``[x, v, x_prev, v_prev]``
+        (E, 4*n*dim) or ``"markov"`` (:class:`~warpsim_rl.core.StateLayout`)."""
+        return self.core.layout.flatten(self.state_tensors(), layout)
 
     def observation(self) -> torch.Tensor:
         """Observation (E, obs_dim) of the current state (a new tensor)."""
-        x, v, _, _ = self.state_tensors()
-        return self.task.observation(x, v)
+        return self.core.observe(self.state_tensors())
 
     # -- reset ---------------------------------------------------------------------------------------
     def reset(self, seed=None, env_ids=None, initial_state=None):
@@ -170,25 +165,10 @@ class WarpSimEnv:
         return mask
 
     def _write_states(self, mask: np.ndarray, pos: np.ndarray, vel: np.ndarray) -> None:
-        """Reset the envs of ``mask`` to ``pos``/``vel`` (count, n, dim) through
-        :meth:`State.reset` (its history rule: ``x_prev = x - dt v``, ``v_prev = v``)."""
-        if not mask.any():
-            return
-        st = self.state
-        if mask.all():
-            try:
-                st.reset(pos, vel)
-            except SceneError as e:
-                raise ValueError(f"initial_state: {e}") from None
-            return
-        sc = self.task.scene
-        shape = (self.num_envs, sc.num_particles, sc.dim)
-        full_p = np.broadcast_to(sc.positions, shape).copy()
-        full_v = np.zeros(shape)
-        full_p[mask] = pos
-        full_v[mask] = vel
+        """Reset the envs of ``mask`` to ``pos``/``vel`` (count, n, dim) with their BDF2 start-up
+        history (:meth:`warpsim_rl.core.StepCore.write_initial`)."""
         try:
-            st.reset(full_p, full_v, env_mask=mask)
+            self.core.write_initial(self.state, mask, pos, vel)
         except SceneError as e:
             raise ValueError(f"initial_state: {e}") from None
 
@@ -232,25 +212,22 @@ class WarpSimEnv:
             shaped = self.check_action(action)
         else:
             shaped = action.reshape(self.num_envs, self.task.num_handles, self.task.dim)
-        a = torch.clamp(shaped, -self._lim, self._lim)
+        a = self.core.clip(shaped)
         h = self.task.num_handles
         if h:
             self._action_view[:, :h].copy_(a)
         nxt = 1 - self._cur
         with self._stream():
-            self.sim.step(self._states[self._cur], self.control, self._states[nxt], check=False)
+            self.core.advance(self._states[self._cur], self.control, self._states[nxt])
         self._cur = nxt
-        x, v, _, _ = self.state_tensors()
-        obs = self.task.observation(x, v)
         diverged = self._status != 0
         any_div = bool(diverged.any())
         if any_div:
             self._roll_back(diverged)
-            x0, v0, _, _ = self._views[1 - nxt]  # the pre-step state, still in the other buffer
-            obs = torch.where(diverged[:, None], self.task.observation(x0, v0), obs)
+        state = self.state_tensors()
+        obs = self.core.observe(state)
+        rew = self.core.reward(state, a)
         a_flat = a.reshape(self.num_envs, -1)
-        p, xr, vp = self.task.split_observation(obs)
-        rew = _reward(p, xr, vp, a_flat, self.task.weights)
         self.episode_step += 1
         terminated = diverged
         truncated = (self.episode_step >= self.horizon) & ~diverged
@@ -293,11 +270,7 @@ class WarpSimEnv:
         limits, like the simulator's own clip). There is no auto-reset: a step whose Newton solve
         fails raises :class:`~warpsim_rl.sim.SimulationError`.
         """
-        from ..autodiff import TorchSimulator
-
-        if getattr(self, "_tsim", None) is None:
-            self._tsim = TorchSimulator(self.model, check=True)
-        tsim = self._tsim
+        core = self.core
         E, h, d, n = self.num_envs, self.task.num_handles, self.task.dim, self.task.num_particles
         if initial_state is None:
             state = tuple(t.clone() for t in self.state_tensors())
@@ -306,7 +279,7 @@ class WarpSimEnv:
             if pos.shape != (E, n, d) or vel.shape != (E, n, d):
                 raise ValueError(f"initial_state: expected positions and velocities of shape {(E, n, d)}, "
                                  f"got {pos.shape} and {vel.shape}")
-            state = tsim.initial_state(pos, vel)
+            state = core.initial_state(pos, vel)
         elif len(initial_state) == 4:
             state = tuple(initial_state)
             for name, t in zip(("x", "v", "x_prev", "v_prev"), state):
@@ -318,6 +291,7 @@ class WarpSimEnv:
             raise ValueError("initial_state: expected None, (positions, velocities) or (x, v, x_prev, v_prev)")
         policy = actions_or_policy if callable(actions_or_policy) and not isinstance(actions_or_policy, torch.Tensor) \
             else None
+        core.failures()  # forget failures recorded by earlier work on this simulator
         if policy is None:
             acts = actions_or_policy
             if not isinstance(acts, torch.Tensor) or acts.dim() < 3 or tuple(acts.shape[1:]) not in ((E, h * d), (E, h, d)):
@@ -327,25 +301,17 @@ class WarpSimEnv:
                 raise ActionError(f"actions: dtype/device {acts.dtype}/{acts.device}, expected {self.dtype}/{self.device}")
             if not bool(torch.isfinite(acts).all()):
                 raise ActionError("actions: non-finite values (NaN/inf)")
-            T = acts.shape[0]
-            executed = torch.clamp(acts.reshape(T, E, h, d), -self._lim, self._lim)
-            states = tsim.rollout(state, executed, checkpoint_every=checkpoint_every)
+            traj = core.open_loop(state, acts.reshape(acts.shape[0], E, h, d), checkpoint_every=checkpoint_every)
         else:
-            T = self.horizon if steps is None else int(steps)
-            states, out = [state], []
-            for _ in range(T):
-                obs_t = self.task.observation(states[-1][0], states[-1][1])
-                a = policy(obs_t)
-                a = self.check_action(a) if self.validate else a.reshape(E, h, d)
-                a = torch.clamp(a, -self._lim, self._lim)
-                out.append(a)
-                states.append(tsim.step(*states[-1], a))
-            executed = torch.stack(out) if out else torch.zeros(0, E, h, d, dtype=self.dtype, device=self.device)
-        flat = executed.reshape(T, E, h * d)
-        obs = torch.stack([self.task.observation(s[0], s[1]) for s in states])
-        rewards = torch.stack([self.task.reward(states[t + 1][0], states[t + 1][1], flat[t]) for t in range(T)]) \
-            if T else torch.zeros(0, E, dtype=self.dtype, device=self.device)
-        return {"states": states, "observations": obs, "actions": flat, "rewards": rewards}
+            checked = (lambda obs: self.check_action(policy(obs))) if self.validate else policy
+            traj = core.rollout(checked, state, self.horizon if steps is None else int(steps), graph=True)
+        if bool(traj.failed.any()):
+            bad = torch.nonzero(traj.failed).flatten().tolist()
+            raise SimulationError(bad, [-1] * len(bad), ["Newton solve failed during the rollout"] * len(bad))
+        T = traj.actions.shape[0]
+        obs = torch.cat([traj.obs, core.observe(traj.states[-1])[None]])
+        return {"states": traj.states, "observations": obs, "actions": traj.actions.reshape(T, E, h * d),
+                "rewards": traj.rewards}
 
     def close(self) -> None:
         self.closed = True

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .scene import Scene
-from .usd import _as_scene, _cable_colors, _check_faces, _check_positions, _spring_colors, atomic_write, \
-    spring_tensions
+from ..scene import Scene
+from ..usd import atomic_write
+from .geometry import (BOX_COLOR, CLOTH_COLOR, HANDLE_COLOR, PARTICLE_COLOR, as_scene, cable_colors, check_faces,
+                       check_positions, spring_colors, spring_tensions)
 
 __all__ = ["render_preview"]
 
@@ -52,9 +53,9 @@ def render_preview(scene, positions, path, *, dt: float | None = None, envs: int
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    sc: Scene = _as_scene(scene)
-    x = _check_positions(sc, positions)
-    fc = _check_faces(sc, faces)
+    sc: Scene = as_scene(scene)
+    x = check_positions(sc, positions)
+    fc = check_faces(sc, faces)
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"preview path {str(path)!r}: the file must end in .png")
@@ -102,29 +103,29 @@ def render_preview(scene, positions, path, *, dt: float | None = None, envs: int
             p = xy[t, e]
             if t > 0 and len(trail):
                 trails = np.transpose(xy[: t + 1, e, trail], (1, 0, 2))
-                ax.add_collection(LineCollection(trails, colors=(0.2, 0.4, 0.85, 0.35), linewidths=0.7))
+                ax.add_collection(LineCollection(trails, colors=(*PARTICLE_COLOR, 0.35), linewidths=0.7))
             if len(handles) and t > 0:
                 trails = np.transpose(xy[: t + 1, e, handles], (1, 0, 2))
                 ax.add_collection(LineCollection(trails, colors=(0.1, 0.7, 0.2, 0.35), linewidths=0.7))
             for b in sc.boxes:
                 cc, he = np.asarray(b.center), np.asarray(b.half_extents)
                 ax.add_patch(Rectangle(cc[[a0, a1]] - he[[a0, a1]], 2 * he[a0], 2 * he[a1],
-                                       facecolor=(0.6, 0.45, 0.3, 0.5), edgecolor=(0.4, 0.3, 0.2)))
+                                       facecolor=(*BOX_COLOR, 0.5), edgecolor=(0.4, 0.3, 0.2)))
             for pl in sc.planes:
                 _draw_plane(ax, pl, sc.dim, a0, a1, lo, hi)
             if fc is not None:
-                ax.add_collection(PolyCollection(p[fc], facecolors=(0.55, 0.65, 0.9, 0.35),
+                ax.add_collection(PolyCollection(p[fc], facecolors=(*CLOTH_COLOR, 0.35),
                                                  edgecolors=(0.4, 0.5, 0.8, 0.5), linewidths=0.3))
             if len(spring_sel):
                 segs = p[sc.springs[spring_sel]]
-                ax.add_collection(LineCollection(segs, colors=_spring_colors(ten_s[t, e], scale_s), linewidths=1.6))
+                ax.add_collection(LineCollection(segs, colors=spring_colors(ten_s[t, e], scale_s), linewidths=1.6))
             if len(cable_sel):
                 segs = p[sc.springs[cable_sel]]
-                ax.add_collection(LineCollection(segs, colors=_cable_colors(ten_c[t, e], scale_c), linewidths=1.2))
+                ax.add_collection(LineCollection(segs, colors=cable_colors(ten_c[t, e], scale_c), linewidths=1.2))
             if len(free):
-                ax.scatter(p[free, 0], p[free, 1], s=10, color=(0.2, 0.4, 0.85), zorder=3, linewidths=0)
+                ax.scatter(p[free, 0], p[free, 1], s=10, color=PARTICLE_COLOR, zorder=3, linewidths=0)
             if len(handles):
-                ax.scatter(p[handles, 0], p[handles, 1], s=28, marker="s", color=(0.1, 0.8, 0.25),
+                ax.scatter(p[handles, 0], p[handles, 1], s=28, marker="s", color=HANDLE_COLOR,
                            edgecolors="k", linewidths=0.5, zorder=4)
             ax.set_xlim(lo[0], hi[0])
             ax.set_ylim(lo[1], hi[1])

@@ -9,15 +9,14 @@ Contact geometry is grey: planes as lines (2D), boxes as their outline (3D; the 
 drawn). 3D systems are drawn with gravity pointing down the vertical axis (the scenes are y-up).
 
 The files are ``env_<system>.png``, except for the contact systems (``CONTACT_SYSTEMS``), whose
-``env_<system>.png`` is the motion picture of ``warpsim_rl.contact_scenes``: theirs are
+``env_<system>.png`` is the motion picture of :mod:`warpsim_rl.viz.contact`: theirs are
 ``env_<system>_tasks.png``. Regenerate the documentation images with::
 
-    python -m warpsim_rl.envs.pictures docs/images
+    python -m warpsim_rl.viz docs/images
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +194,3 @@ def render_all(out_dir: str | Path = "docs/images", systems=SYSTEMS) -> list[Pat
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-if __name__ == "__main__":
-    for p in render_all(sys.argv[1] if len(sys.argv) > 1 else "docs/images"):
-        print(p)

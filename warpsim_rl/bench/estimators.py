@@ -46,51 +46,58 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import platform
-import sys
 import time
 import zlib
 
 import numpy as np
 import torch
-import warp as wp
 
-from . import estimators as est
-from .autodiff import GradientError, TorchSimulator
-from .scene import load_scene, scene_names
-from .tasks import Task, make_task, task_names
+from .. import estimators as est
+from ..autodiff import GradientError
+from ..core import StepCore
+from ..tasks import Task, make_task
+from .common import git_revision, machine_info, stderr_log
 
 __all__ = ["OpenLoopProblem", "StrikeProblem", "make_problems", "study_config", "study", "wall_strike", "run",
-           "main"]
+           "add_arguments", "from_args"]
 
 DTYPE = torch.float64
 
 
 class _SimCache:
-    """TorchSimulators of one scene, one per batch size (float64, CPU/device given)."""
+    """Step cores of one task, one per batch size (float64, CPU/device given)."""
 
-    def __init__(self, scene, device="cpu"):
-        self.scene, self.device = scene, device
-        self._sims: dict[int, TorchSimulator] = {}
+    def __init__(self, task: Task, device="cpu"):
+        self.task, self.device = task, device
+        self._cores: dict[int, StepCore] = {}
         self.failed = 0
 
-    def get(self, M: int) -> TorchSimulator:
-        if M not in self._sims:
-            if len(self._sims) >= 4:
-                self._sims.pop(next(iter(self._sims)))
-            self._sims[M] = TorchSimulator(self.scene.build(num_envs=M, device=self.device, dtype="float64"),
-                                           check=False)
-        return self._sims[M]
+    def get(self, M: int) -> StepCore:
+        if M not in self._cores:
+            if len(self._cores) >= 4:
+                self._cores.pop(next(iter(self._cores)))
+            self._cores[M] = StepCore(self.task, M, self.device, "float64")
+        return self._cores[M]
 
-    def count_failures(self, ts: TorchSimulator) -> torch.Tensor:
+    def count_failures(self, core: StepCore) -> torch.Tensor:
         """Count the envs that failed in the rollout just run; returns their (M,) bool mask."""
-        mask = (wp.to_torch(ts.sim.first_failure_step) >= 0).clone()
+        mask = core.failures()
         self.failed += int(mask.sum())
-        ts.sim.clear_failures()
         return mask
+
+
+def _chunked(prob, rows: torch.Tensor) -> torch.Tensor:
+    """``prob._f`` over ``rows`` in chunks of ``prob.chunk`` environments; sets
+    ``prob.last_failed`` (M,) to the rows whose Newton solve failed."""
+    prob._failed_parts = []
+    if rows.shape[0] <= prob.chunk:
+        out = prob._f(rows)
+    else:
+        out = torch.cat([prob._f(rows[i:i + prob.chunk]) for i in range(0, rows.shape[0], prob.chunk)])
+    prob.last_failed = torch.cat(prob._failed_parts)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,7 +120,7 @@ class OpenLoopProblem:
     device: str = "cpu"
 
     def __post_init__(self):
-        self.sims = _SimCache(self.task.scene, self.device)
+        self.sims = _SimCache(self.task, self.device)
         self.num_segments = self.task.horizon // self.segment
 
     @property
@@ -127,29 +134,22 @@ class OpenLoopProblem:
     def _f(self, rows: torch.Tensor) -> torch.Tensor:
         M = rows.shape[0]
         task = self.task
-        ts = self.sims.get(M)
-        s = ts.initial_state(np.broadcast_to(self.positions, (M,) + self.positions.shape).copy(),
-                             np.broadcast_to(self.velocities, (M,) + self.velocities.shape).copy())
-        lim = task.constants(rows.device, rows.dtype)["limit"]
+        core = self.sims.get(M)
+        s = core.initial_state(np.broadcast_to(self.positions, (M,) + self.positions.shape).copy(),
+                               np.broadcast_to(self.velocities, (M,) + self.velocities.shape).copy())
         acts = rows.reshape(M, self.num_segments, task.num_handles, task.dim)
         V = torch.zeros(M, dtype=rows.dtype)
         for t in range(task.horizon):
-            a = torch.clamp(acts[:, min(t // self.segment, self.num_segments - 1)], -lim, lim)
-            s = ts.step(*s, a, validate=False)
-            V = V + task.reward(s[0], s[1], a)
-        self._failed_parts.append(self.sims.count_failures(ts))
+            tr = core.step(s, acts[:, min(t // self.segment, self.num_segments - 1)])
+            s = tr.state
+            V = V + tr.reward
+        self._failed_parts.append(self.sims.count_failures(core))
         return V
 
     def f(self, rows: torch.Tensor) -> torch.Tensor:
         """Batch-separable objective on rows (M, P, h*dim) -> (M,), chunked over environments.
         ``last_failed`` (M,) marks the rows whose Newton solve failed in this call."""
-        self._failed_parts = []
-        if rows.shape[0] <= self.chunk:
-            out = self._f(rows)
-        else:
-            out = torch.cat([self._f(rows[i:i + self.chunk]) for i in range(0, rows.shape[0], self.chunk)])
-        self.last_failed = torch.cat(self._failed_parts)
-        return out
+        return _chunked(self, rows)
 
 
 @dataclasses.dataclass
@@ -168,10 +168,10 @@ class StrikeProblem:
     kind: str = "contact"
 
     def __post_init__(self):
-        self.scene = load_scene("wall_pendulum2d", wall_stiffness=self.wall_stiffness)
-        self.sims = _SimCache(self.scene, self.device)
+        self.task = _wall_task(self.wall_stiffness)
+        self.scene = self.task.scene
+        self.sims = _SimCache(self.task, self.device)
         self.bob = int(self.scene.free_particles[0])
-        self.limit = float(self.scene.velocity_limit[0][0])
         self.stiffness = self.wall_stiffness
         self.segment = self.push_steps
 
@@ -187,38 +187,27 @@ class StrikeProblem:
     def f(self, rows: torch.Tensor) -> torch.Tensor:
         """Batch-separable objective on rows (M, 1) -> (M,); ``last_failed`` as in
         :meth:`OpenLoopProblem.f`."""
-        self._failed_parts = []
-        if rows.shape[0] <= self.chunk:
-            out = self._f(rows)
-        else:
-            out = torch.cat([self._f(rows[i:i + self.chunk]) for i in range(0, rows.shape[0], self.chunk)])
-        self.last_failed = torch.cat(self._failed_parts)
-        return out
+        return _chunked(self, rows)
 
     def _f(self, rows: torch.Tensor) -> torch.Tensor:
         M = rows.shape[0]
-        ts = self.sims.get(M)
-        s = ts.initial_state()
-        u = torch.clamp(rows.reshape(M), -self.limit, self.limit)
+        core = self.sims.get(M)
+        s = core.initial_state()
+        u = rows.reshape(M)
         push = torch.stack([u, torch.zeros_like(u)], -1)[:, None, :]
         rest = torch.zeros_like(push)
         cost = torch.zeros(M, dtype=rows.dtype)
         for t in range(self.horizon):
-            a = push if t < self.push_steps else rest
-            s = ts.step(*s, a, validate=False)
-            cost = cost + self.effort * a.square().sum((1, 2))
-        self._failed_parts.append(self.sims.count_failures(ts))
+            tr = core.step(s, push if t < self.push_steps else rest)  # the objective is not the task's reward
+            s = tr.state
+            cost = cost + self.effort * tr.action.square().sum((1, 2))
+        self._failed_parts.append(self.sims.count_failures(core))
         return -s[1][:, self.bob, 0] - cost
 
 
 def _wall_task(stiffness: float) -> Task:
-    """pendulum2d's "stop" task on the wall scene (a registered wall task is used if present)."""
-    params = (("wall_stiffness", float(stiffness)),)
-    for name in ("wall_pendulum2d-stop",):
-        if name in task_names():
-            return make_task(name, scene_params=params)
-    base = make_task("pendulum2d-stop")
-    return dataclasses.replace(base, name="wall_pendulum2d-stop", scene_name="wall_pendulum2d", scene_params=params)
+    """The registered ``wall_pendulum2d-stop`` task with the wall at ``stiffness`` N/m."""
+    return make_task("wall_pendulum2d-stop", scene_params=(("wall_stiffness", float(stiffness)),))
 
 
 def make_problems(quick: bool, horizon: int = 40, segment: int = 10) -> list:
@@ -237,13 +226,12 @@ def make_problems(quick: bool, horizon: int = 40, segment: int = 10) -> list:
         task = make_task("rope3d-stop", horizon=horizon, scene_params=(("stiffness", k),))
         p, v = task.sample_initial_states(1, 0)
         out.append(OpenLoopProblem("rope3d", "stiff", task, segment, p[0], v[0], stiffness=k, chunk=1024))
-    if "wall_pendulum2d" in scene_names():
-        wall_k = (1.0e3, 1.0e6) if quick else (1.0e2, 1.0e3, 1.0e4, 1.0e5, 1.0e6)
-        for k in wall_k:
-            task = dataclasses.replace(_wall_task(k), horizon=horizon)
-            out.append(OpenLoopProblem("wall_pendulum2d", "contact", task, segment, pos, vel, stiffness=k))
-        for k in ((1.0e3, 1.0e6) if quick else (1.0e3, 1.0e4, 1.0e5, 1.0e6)):
-            out.append(StrikeProblem(k))
+    wall_k = (1.0e3, 1.0e6) if quick else (1.0e2, 1.0e3, 1.0e4, 1.0e5, 1.0e6)
+    for k in wall_k:
+        task = dataclasses.replace(_wall_task(k), horizon=horizon)
+        out.append(OpenLoopProblem("wall_pendulum2d", "contact", task, segment, pos, vel, stiffness=k))
+    for k in ((1.0e3, 1.0e6) if quick else (1.0e3, 1.0e4, 1.0e5, 1.0e6)):
+        out.append(StrikeProblem(k))
     return out
 
 
@@ -255,8 +243,8 @@ def _pool(prob, sigma: float, n: int, method: str, gen: torch.Generator, chunk: 
     """``n`` per-sample estimates of ``method`` (``zobg`` or ``fobg``) at ``theta0``, in chunks.
 
     Samples whose Newton solve failed are dropped and replaced by fresh ones (counted in
-    ``prob.sims.failed``): ZoBG rows are filtered; a FoBG chunk cannot be backpropagated through a
-    failed step, so it is redone without the failed samples (same noise)."""
+    ``prob.sims.failed``): ZoBG rows are filtered; a FoBG chunk with failed samples (frozen by the
+    step core, their gradient rows zero) is redone without them (same noise)."""
     chunk = chunk or prob.chunk
     theta = prob.theta0
     rows: list[torch.Tensor] = []
@@ -267,14 +255,11 @@ def _pool(prob, sigma: float, n: int, method: str, gen: torch.Generator, chunk: 
             raise RuntimeError(f"{prob.name}: too many failed simulations while sampling {method}")
         m = max(min(chunk, n - have), 2)
         z = torch.randn((m,) + tuple(theta.shape), generator=gen, dtype=theta.dtype)
-        try:
-            r = est.smoothed_gradient(prob.f, theta, sigma, m, method, noise=z)
-        except GradientError:
-            r = None
+        r = est.smoothed_gradient(prob.f, theta, sigma, m, method, noise=z)
         bad = prob.last_failed[:m]
         if method == "zobg" and bool(prob.last_failed[m]):
             continue  # the noise-free baseline itself failed: drop the whole chunk
-        if r is not None and not bool(bad.any()):
+        if not bool(bad.any()):
             new = r.estimate.samples
         elif method == "zobg":
             new = r.estimate.samples[~bad]
@@ -282,11 +267,10 @@ def _pool(prob, sigma: float, n: int, method: str, gen: torch.Generator, chunk: 
             keep = ~bad
             if int(keep.sum()) < 2:
                 continue
-            try:
-                redo = est.smoothed_gradient(prob.f, theta, sigma, int(keep.sum()), method, noise=z[keep])
-                new = redo.estimate.samples
-            except GradientError:
+            redo = est.smoothed_gradient(prob.f, theta, sigma, int(keep.sum()), method, noise=z[keep])
+            if bool(prob.last_failed.any()):
                 continue
+            new = redo.estimate.samples
         rows.append(new)
         have += int(new.shape[0])
     return est.Estimate(torch.cat(rows)[:n])
@@ -417,14 +401,13 @@ def wall_strike(stiffness: float, sigma: float, N: int, seeds: int, iters: int, 
         th = torch.full((seeds, 1), float(u0), dtype=DTYPE)
         hist_u, hist_alpha = [th.flatten().clone()], []
         for _ in range(iters):
-            for attempt in range(3):  # a failed Newton solve cannot be differentiated: redraw
-                try:
-                    res = est.smoothed_gradients(prob.f, th, sigma, N, method, gamma=gamma, delta=delta,
-                                                 generator=gen)
+            for attempt in range(3):  # a failed Newton solve has no gradient: redraw
+                res = est.smoothed_gradients(prob.f, th, sigma, N, method, gamma=gamma, delta=delta,
+                                             generator=gen)
+                if method == "zobg" or not bool(prob.last_failed.any()):
                     break
-                except GradientError:
-                    if attempt == 2:
-                        raise
+                if attempt == 2:
+                    raise GradientError(f"{prob.name}: failed Newton solves in 3 draws of {method}")
             g = torch.stack([r.grad for r in res])
             if method == "aobg":
                 hist_alpha.append([r.alpha.alpha for r in res])
@@ -595,10 +578,10 @@ def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bo
         parts=("study", "wall")) -> dict:
     """The whole benchmark; returns one JSON-able dict (plots written under ``plots``)."""
     t0 = time.perf_counter()
-    revision = _git_revision()  # at the start: the tree may change while a long run goes on
+    revision = git_revision()  # at the start: the tree may change while a long run goes on
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     mode = "quick" if quick else "full"
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None)
+    log = stderr_log(verbose)
     out: dict = {"benchmark": "estimators", "mode": mode, "seed": seed, "dtype": "float64", "device": "cpu",
                  "settings": {"study": SIZES[mode], "wall": WALL[mode]}}
     if "study" in parts:
@@ -607,19 +590,16 @@ def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bo
                 f"{m} bias {r['estimators'][m]['bias_rel']:.3f} var {r['estimators'][m]['var_rel']:.3g}"
                 for m in est.METHODS) + f" α={r['estimators']['aobg']['alpha_mean']:.2f} ({r['time_s']:.1f}s)"))
     if "wall" in parts:
-        if "wall_pendulum2d" not in scene_names():
-            out["wall_strike"] = {"skipped": "scene wall_pendulum2d not available"}
-        else:
-            w = WALL[mode]
-            runs = []
-            for k in w["stiffness"]:
-                r = wall_strike(k, w["sigma"], w["N"], w["seeds"], w["iters"], w["eta"], w["max_step"], w["gamma"],
-                                w["n_eval"], seed=seed, grid=w["grid"], grid_samples=w["grid_samples"])
-                log(f"wall strike k={k:g}: " + ", ".join(
-                    f"{m} u={d['u_mean']:.2f} f={d['f_mean']:.3f} F={d['F_mean']:.3f}" for m, d in r["methods"].items())
-                    + f" ({r['time_s']:.1f}s)")
-                runs.append(r)
-            out["wall_strike"] = {"runs": runs}
+        w = WALL[mode]
+        runs = []
+        for k in w["stiffness"]:
+            r = wall_strike(k, w["sigma"], w["N"], w["seeds"], w["iters"], w["eta"], w["max_step"], w["gamma"],
+                            w["n_eval"], seed=seed, grid=w["grid"], grid_samples=w["grid_samples"])
+            log(f"wall strike k={k:g}: " + ", ".join(
+                f"{m} u={d['u_mean']:.2f} f={d['f_mean']:.3f} F={d['F_mean']:.3f}" for m, d in r["methods"].items())
+                + f" ({r['time_s']:.1f}s)")
+            runs.append(r)
+        out["wall_strike"] = {"runs": runs}
     if plots:
         os.makedirs(plots, exist_ok=True)
         files = []
@@ -627,7 +607,7 @@ def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bo
             p = os.path.join(plots, "estimators_bias_variance.png")
             plot_study(out["study"], p)
             files.append(p)
-        if "runs" in out.get("wall_strike", {}):
+        if "wall_strike" in out:
             p = os.path.join(plots, "estimators_wall_strike.png")
             plot_wall(out["wall_strike"]["runs"], p)
             files.append(p)
@@ -635,55 +615,24 @@ def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bo
     out["tables"] = {}
     if "study" in out:
         out["tables"]["study"] = study_table(out["study"])
-    if "runs" in out.get("wall_strike", {}):
+    if "wall_strike" in out:
         out["tables"]["wall_strike"] = wall_table(out["wall_strike"]["runs"])
     out["time_s"] = time.perf_counter() - t0
-    out["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
-    out["warp"] = wp.__version__
-    out["torch"] = torch.__version__
+    out.update(machine_info())
     out["git"] = revision
     return out
 
 
-def _git_revision() -> str:
-    """``<commit>[-dirty]`` of the source tree the benchmark ran from ("" outside a checkout)."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        rev = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"], capture_output=True, text=True,
-                             timeout=10)
-        return rev.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``python -m warpsim_rl.bench estimators`` (read back by :func:`from_args`)."""
     p.add_argument("--quick", action="store_true", help="small sizes: about a minute on a CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plots", default=None, metavar="DIR", help="write estimators_*.png into DIR")
     p.add_argument("--only", choices=["study", "wall"], default=None, help="run one part only")
     p.add_argument("--verbose", action="store_true", help="progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def from_args(args) -> dict:
+    """:func:`run` with the options of :func:`add_arguments`."""
     parts = (args.only,) if args.only else ("study", "wall")
     return run(args.quick, args.seed, args.plots, args.verbose, parts)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m warpsim_rl.bench_estimators", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    out = from_args(args)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(json.dumps(out, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """Environment benchmark: env-steps/s of :class:`~warpsim_rl.envs.torch_env.WarpSimEnv.step`
-for every registered task (to be wired as ``python -m warpsim_rl.bench envs --json``).
+for every registered task (``python -m warpsim_rl.bench envs --json``).
 
 A step here is the whole environment step: action validation (shape, dtype, device, finiteness),
 clipping, the BDF2 solve, observation, reward, and the auto-resets at the horizon. Actions are
@@ -10,15 +10,12 @@ warm-up step), synchronise the device before the clock stops, and report the med
 
 from __future__ import annotations
 
-import platform
-import time
-
-import numpy as np
 import torch
 import warp as wp
 
+from ..envs.torch_env import WarpSimEnv
 from ..tasks import make_task, task_names
-from .torch_env import WarpSimEnv
+from .common import machine_info, rates, time_passes
 
 __all__ = ["bench_envs", "bench_task"]
 
@@ -35,20 +32,14 @@ def bench_task(task, envs: int = 4096, steps: int = 100, device="cpu", dtype="fl
             for _ in range(8)]
     env.step(acts[0])  # compile + warm up
     wp.synchronize_device(env.model.device)
-    times = []
-    diverged = 0
-    for _ in range(repeats):
-        env.reset()
-        wp.synchronize_device(env.model.device)
-        t0 = time.perf_counter()
-        count = torch.zeros((), dtype=torch.long, device=env.device)
+    count = torch.zeros((), dtype=torch.long, device=env.device)
+
+    def run():
         for k in range(steps):
             _, _, term, _, _ = env.step(acts[k % len(acts)])
-            count += term.sum()  # stays on the device: no sync inside the timed loop
-        wp.synchronize_device(env.model.device)
-        times.append(time.perf_counter() - t0)
-        diverged += int(count)
-    elapsed = float(np.median(times))
+            count.add_(term.sum())  # stays on the device: no sync inside the timed loop
+
+    times = time_passes(run, repeats, env.model.device, setup=env.reset)
     return {
         "name": t.name,
         "system": t.scene_name,
@@ -58,10 +49,8 @@ def bench_task(task, envs: int = 4096, steps: int = 100, device="cpu", dtype="fl
         "dt": t.dt,
         "envs": envs,
         "steps": steps,
-        "elapsed_s": elapsed,
-        "env_steps_per_s": envs * steps / elapsed,
-        "env_steps_per_s_best": envs * steps / min(times),
-        "diverged_env_steps": diverged,
+        **rates(times, envs * steps),
+        "diverged_env_steps": int(count),
     }
 
 
@@ -80,8 +69,6 @@ def bench_envs(envs: int = 4096, steps: int = 100, device="cpu", dtype="float32"
         "dtype": str(dtype),
         "repeats": repeats,
         "rows": rows,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "warp": wp.__version__,
-        "torch": torch.__version__,
+        **machine_info(),
     }
 

@@ -1,0 +1,152 @@
+"""Configuration: one run-level dataclass and one dataclass per algorithm (CleanRL style).
+
+:class:`RunConfig` holds what every run has (task, algorithm name, environments, epochs, device,
+precision, seed, output folder, horizon, evaluation cadence, USD export). Each algorithm defines
+its own dataclass next to its code, derived from :class:`AlgoConfig` (the actor's widths and
+observation normalisation — identical for every algorithm so that a seed gives every method the
+same initial policy — and the learning rate and its schedule). Every field has a real default or
+``None`` (documented), is validated in ``__post_init__`` with an error naming the field and the
+value, and carries a docstring (the string right after it) that ``train.py --help`` prints.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import math
+import textwrap
+
+from .schedules import LR_SCHEDULES
+
+__all__ = ["RunConfig", "AlgoConfig", "field_docs", "check_int", "check_positive", "check_choice", "check_bool",
+           "check_range"]
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    """``value`` must be an integer (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} = {value!r}: must be an integer >= {minimum}")
+
+
+def check_positive(name: str, value, allow_zero: bool = False) -> None:
+    """``value`` must be a finite number ``> 0`` (or ``>= 0``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} = {value!r}: must be a finite number {'>= 0' if allow_zero else '> 0'}")
+
+
+def check_range(name: str, value, low: float, high: float) -> None:
+    """``value`` must lie in the open interval ``(low, high)``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+        raise ValueError(f"{name} = {value!r}: must be in ({low}, {high})")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} = {value!r}: must be one of {sorted(choices)}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} = {value!r}: must be true or false")
+
+
+@functools.cache
+def field_docs(cls) -> dict[str, str]:
+    """``{field: docstring}`` of a dataclass and its bases: the string literal that follows each
+    annotated field in the class body (the convention of CleanRL's configs and tyro)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # pragma: no cover - classes without source
+            continue
+        body = tree.body[0].body
+        for stmt, nxt in zip(body, body[1:]):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """What every training run has, whatever the algorithm."""
+
+    env: str = "pendulum2d-stop"
+    """registered task name (see docs/envs.md)"""
+    algo: str = "pods2"
+    """algorithm (see docs/algorithms.md); its own options are listed under 'algorithm options'"""
+    num_envs: int = 256
+    """parallel environments (rollouts per epoch; PODS' k)"""
+    epochs: int = 30
+    """training epochs"""
+    device: str = "cpu"
+    """Warp/torch device ('cpu', 'cuda:0')"""
+    dtype: str = "float32"
+    """simulation and network precision: 'float32' or 'float64'"""
+    seed: int = 0
+    """seeds the initial states, the noise and the network weights"""
+    out: str | None = None
+    """output folder (default runs/<env>-<algo>-s<seed>)"""
+    horizon: int | None = None
+    """rollout length in steps (default: the task's horizon)"""
+    eval_every: int = 5
+    """epochs between test-bed evaluations (0: only at the end)"""
+    usd_envs: int = 16
+    """test-bed rollouts exported to eval.usdc at the end (0: none)"""
+
+    def __post_init__(self):
+        from ..tasks import task_names
+
+        if self.env not in task_names():
+            raise ValueError(f"env = {self.env!r}: unknown; valid environments: {task_names()}")
+        check_int("num_envs", self.num_envs, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("seed", self.seed, 0)
+        check_int("eval_every", self.eval_every, 0)
+        check_int("usd_envs", self.usd_envs, 0)
+        if self.horizon is not None:
+            check_int("horizon", self.horizon, 1)
+        check_choice("dtype", self.dtype, ("float32", "float64"))
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device = {self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
+        if self.out is not None and (not isinstance(self.out, str) or not self.out):
+            raise ValueError(f"out = {self.out!r}: expected a folder path")
+        if not isinstance(self.algo, str):
+            raise ValueError(f"algo = {self.algo!r}: expected an algorithm name")
+
+    @property
+    def out_dir(self) -> str:
+        """The output folder: ``out`` or ``runs/<env>-<algo>-s<seed>``."""
+        return self.out or f"runs/{self.env}-{self.algo}-s{self.seed}"
+
+
+@dataclasses.dataclass
+class AlgoConfig:
+    """Options every algorithm has: the actor network and its optimiser."""
+
+    hidden: tuple[int, ...] = (64, 64)
+    """actor MLP hidden widths (the same for every algorithm: identical initial policies per seed)"""
+    normalize_obs: bool = True
+    """standardise observations with running statistics (saved with the policy)"""
+    lr: float = 1e-3
+    """Adam learning rate of the actor"""
+    lr_schedule: str = "constant"
+    """'constant', or 'linear' (to 0 over the epochs, CleanRL's anneal_lr)"""
+
+    def __post_init__(self):
+        if isinstance(self.hidden, list):
+            self.hidden = tuple(self.hidden)
+        if not isinstance(self.hidden, tuple) or not self.hidden:
+            raise ValueError(f"hidden = {self.hidden!r}: expected one or more layer widths")
+        for i, w in enumerate(self.hidden):
+            check_int(f"hidden[{i}]", w, 1)
+        check_bool("normalize_obs", self.normalize_obs)
+        check_positive("lr", self.lr)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)

@@ -1,0 +1,25 @@
+"""Benchmarks: ``python -m warpsim_rl.bench SUBCOMMAND ... [--json]``.
+
+Subcommands (module):
+    throughput  env-steps/s of the batched BDF2 step for one scene (random actions within the
+                handle limits), with Newton iteration statistics (warpsim_rl.bench.sim).
+    gradients   cost of the reverse pass and of all per-step Jacobians of a rollout (``sim``).
+    scaling     throughput of ``rope3d`` as its particle count grows, banded and dense (``sim``).
+    envs        env-steps/s of the torch environment for every registered task
+                (warpsim_rl.bench.envs).
+    compare     train several algorithms over seeds at equal epochs; test-bed learning curves
+                (warpsim_rl.bench.compare).
+    estimators  bias/variance of the ZoBG/FoBG/AoBG gradient estimators; the wall strike
+                (warpsim_rl.bench.estimators).
+    usd         time of the USD export of a rollout (warpsim_rl.bench.usd).
+    contact     Newton statistics of the cloth on the table, cables vs bilateral springs
+                (warpsim_rl.bench.contact).
+
+Timings exclude kernel compilation (one warm-up first) and synchronise the device before the
+clock stops; shared helpers (machine information, timing, output) are in
+warpsim_rl.bench.common. The CPU backend of Warp runs kernels on one core.
+"""
+
+from .cli import main
+
+__all__ = ["main"]

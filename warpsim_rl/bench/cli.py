@@ -1,0 +1,129 @@
+"""The command line of the benchmarks: one subcommand per benchmark (:mod:`warpsim_rl.bench`).
+The benchmark modules are imported only when their subcommand runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..util import parse_params
+from .common import emit
+
+__all__ = ["main", "parser"]
+
+_DTYPES = ["float32", "float64"]
+
+
+def _common(p: argparse.ArgumentParser, envs: int | None = None, steps: int | None = None,
+            repeats: int | None = None, device: bool = True) -> argparse.ArgumentParser:
+    """The options most subcommands share."""
+    if envs is not None:
+        p.add_argument("--envs", type=int, default=envs)
+    if steps is not None:
+        p.add_argument("--steps", type=int, default=steps)
+    if device:
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--dtype", default="float32", choices=_DTYPES)
+    if repeats is not None:
+        p.add_argument("--repeats", type=int, default=repeats, help="timed passes; the median is reported")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    """The ``python -m warpsim_rl.bench`` argument parser."""
+    from . import __doc__ as doc
+    from . import estimators
+
+    p = argparse.ArgumentParser(prog="python -m warpsim_rl.bench", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("throughput", help="env-steps/s of one scene")
+    t.add_argument("--scene", required=True)
+    t.add_argument("--dense", action="store_true", help="dense Cholesky baseline (full band)")
+    t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="scene parameter override, e.g. num_particles=20")
+    _common(t, envs=4096, steps=100, repeats=5)
+    gr = sub.add_parser("gradients", help="reverse pass and Jacobian cost vs the forward rollout")
+    gr.add_argument("--scene", required=True)
+    _common(gr, envs=4096, steps=50, repeats=3)
+    cp = sub.add_parser("compare", help="train algorithms over seeds at equal epochs (PODS Fig. 3)")
+    cp.add_argument("--env", default="pendulum2d-stop")
+    cp.add_argument("--algos", nargs="+", default=["pods2", "bptt", "pods1"])
+    cp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    cp.add_argument("--epochs", type=int, default=30)
+    cp.add_argument("--num-envs", type=int, default=256)
+    cp.add_argument("--eval-every", type=int, default=5)
+    cp.add_argument("--out", default="runs/compare")
+    cp.add_argument("--png", default=None, help="learning-curve figure")
+    _common(cp)
+    en = sub.add_parser("envs", help="env-steps/s of the torch env for every registered task")
+    en.add_argument("--task", action="append", default=None, help="task name (repeatable; default: all)")
+    _common(en, envs=4096, steps=100, repeats=3)
+    s = sub.add_parser("scaling", help="rope3d throughput vs particle count")
+    s.add_argument("--particles", type=int, nargs="+", default=[5, 10, 20, 40])
+    _common(s, envs=1024, steps=20)
+    es = sub.add_parser("estimators", help="gradient-estimator bias/variance study")
+    estimators.add_arguments(es)
+    _common(es, device=False)
+    u = sub.add_parser("usd", help="time of the USD export of a rollout")
+    u.add_argument("--scene", default="rope3d")
+    u.add_argument("--format", default=".usdc", choices=[".usdc", ".usda", ".usd"], help="file format")
+    u.add_argument("--no-simulate", action="store_true", help="export random positions instead of a rollout")
+    _common(u, envs=64, steps=100, repeats=3, device=False)
+    c = sub.add_parser("contact", help="Newton statistics of cloth_table: cables vs bilateral springs")
+    c.add_argument("--kind", action="append", choices=["cable", "bilateral"], default=None,
+                   help="cloth springs (repeatable; default: both)")
+    c.add_argument("--dtype", action="append", choices=_DTYPES, default=None, help="repeatable; default: both")
+    c.add_argument("--noise", type=float, default=0.3, help="action noise in m/s per component")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    _common(c, envs=64, steps=120, device=False)
+    return p
+
+
+def run(args) -> dict:
+    """The result of the subcommand ``args.cmd``."""
+    if args.cmd == "throughput":
+        from .sim import throughput
+
+        return throughput(args.scene, args.envs, args.steps, args.device, args.dtype,
+                          scene_params=parse_params(args.param), repeats=args.repeats, dense=args.dense)
+    if args.cmd == "gradients":
+        from .sim import gradients
+
+        return gradients(args.scene, args.envs, args.steps, args.device, args.dtype, repeats=args.repeats)
+    if args.cmd == "scaling":
+        from .sim import scaling
+
+        return scaling(args.envs, args.particles, args.steps, args.device, args.dtype)
+    if args.cmd == "compare":
+        from .compare import compare
+
+        return compare(args.env, args.algos, args.seeds, args.epochs, args.num_envs, args.out, args.eval_every,
+                       args.device, args.dtype, args.png)
+    if args.cmd == "envs":
+        from .envs import bench_envs
+
+        return bench_envs(args.envs, args.steps, args.device, args.dtype, args.task, args.repeats)
+    if args.cmd == "estimators":
+        from .estimators import from_args
+
+        return from_args(args)
+    if args.cmd == "usd":
+        from .usd import bench_export
+
+        return bench_export(args.envs, args.steps, args.scene, args.format, repeats=args.repeats,
+                            simulate=not args.no_simulate)
+    if args.cmd == "contact":
+        from .contact import newton_stats
+
+        return newton_stats(args.kind or ("cable", "bilateral"), args.dtype or _DTYPES, args.envs, args.steps,
+                            args.noise, args.seed, args.device)
+    raise ValueError(f"unknown subcommand {args.cmd!r}")
+
+
+def main(argv=None) -> int:
+    """``python -m warpsim_rl.bench``: parse ``argv``, run the benchmark, print its result."""
+    args = parser().parse_args(argv)
+    emit(run(args), args.json)
+    return 0

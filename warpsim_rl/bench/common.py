@@ -1,0 +1,102 @@
+"""Helpers shared by the benchmarks: machine information, wall-clock timing, random inputs and
+the command-line output.
+
+Timings exclude kernel compilation (each benchmark warms up first) and synchronise the device
+before the clock starts and before it stops; rates are reported as the median over the timed
+passes (the machines are shared VMs) and the best pass.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import warp as wp
+
+__all__ = ["machine_info", "git_revision", "time_passes", "rates", "random_actions", "swing_velocities", "emit",
+           "stderr_log"]
+
+
+def machine_info() -> dict:
+    """``{"machine", "warp", "torch"}``: the processor and the library versions a result needs."""
+    import torch
+
+    return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "warp": wp.__version__,
+            "torch": torch.__version__}
+
+
+def git_revision() -> str:
+    """``<commit>[-dirty]`` of the source tree the benchmark runs from ("" outside a checkout)."""
+    try:
+        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def time_passes(fn: Callable[[], object], repeats: int, device=None, setup: Callable[[], object] | None = None
+                ) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``. ``setup()`` (untimed) runs before each
+    call; with a Warp ``device`` it is synchronised before the clock starts and before it stops."""
+    times = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        if device is not None:
+            wp.synchronize_device(device)
+        t0 = time.perf_counter()
+        fn()
+        if device is not None:
+            wp.synchronize_device(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def rates(times: list[float], env_steps: int) -> dict:
+    """``elapsed_s`` (median pass), ``env_steps_per_s`` (at the median) and
+    ``env_steps_per_s_best`` (the fastest pass) of passes of ``env_steps`` environment steps."""
+    elapsed = float(np.median(times))
+    return {"elapsed_s": elapsed, "env_steps_per_s": env_steps / elapsed, "env_steps_per_s_best": env_steps / min(times)}
+
+
+def random_actions(model, rng: np.random.Generator, count: int) -> list:
+    """``count`` Warp arrays (E, h) of handle velocities uniform within the limits (zeros when the
+    scene has no handle)."""
+    lim = model.scene.velocity_limit
+    acts = rng.uniform(-1.0, 1.0, size=(count, model.num_envs, max(model.num_handles, 1), model.dim))
+    if model.num_handles:
+        acts = acts * lim[None, None]
+    else:
+        acts[:] = 0.0
+    return [wp.array(a.astype(model.np_dtype), dtype=model.vec, device=model.device) for a in acts]
+
+
+def swing_velocities(scene, envs: int, rng: np.random.Generator, scale: float = 0.5) -> np.ndarray:
+    """(E, n, dim) initial velocities: the scene's, plus one N(0, ``scale``) m/s velocity per env
+    shared by all free particles (a rigid swing, so that Newton has work to do)."""
+    vel = np.broadcast_to(scene.velocities, (envs,) + scene.velocities.shape).copy()
+    vel[:, ~scene.is_handle] += rng.normal(0.0, scale, size=(envs, 1, scene.dim))
+    return vel
+
+
+def emit(result: dict, as_json: bool) -> None:
+    """Print a benchmark result: one JSON object, or one ``key: value`` line per entry."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+
+
+def stderr_log(verbose: bool) -> Callable[[str], None]:
+    """A progress logger: prints each message on stderr when ``verbose``, else does nothing."""
+    if verbose:
+        return lambda msg: print(msg, file=sys.stderr, flush=True)
+    return lambda msg: None
