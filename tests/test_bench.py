@@ -44,3 +44,108 @@ def test_contact_stats_run(capsys):
     out = _run(capsys, "contact", "--kind", "cable", "--dtype", "float32", "--envs", "2", "--steps", "3")
     (row,) = out["rows"]
     assert row["kind"] == "cable" and row["dtype"] == "float32" and row["iters_mean"] > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Progress on stderr, the result alone on stdout (issue 13, item 10)
+# ------------------------------------------------------------------------------------------------
+
+TINY = {
+    "throughput": ["--scene", "pendulum2d", "--envs", "4", "--steps", "2", "--repeats", "2"],
+    "gradients": ["--scene", "rope3d", "--param", "num_particles=3", "--envs", "2", "--steps", "2",
+                  "--repeats", "1"],
+    "scaling": ["--envs", "2", "--steps", "2", "--particles", "3", "--repeats", "1"],
+    "envs": ["--task", "pendulum2d-stop", "--task", "cloth_table-stop", "--envs", "2", "--steps", "2",
+             "--repeats", "1"],
+    "usd": ["--envs", "2", "--steps", "2", "--repeats", "1", "--format", ".usda"],
+    "contact": ["--kind", "cable", "--dtype", "float32", "--envs", "2", "--steps", "3"],
+}
+BAR = {"throughput": "throughput pendulum2d", "gradients": "gradients rope3d", "scaling": "scaling rope3d",
+       "envs": "envs", "usd": "usd rope3d", "contact": "contact cloth_table"}
+
+
+def _run_both(capsys, argv) -> tuple[dict, str]:
+    """Run ``argv``; stdout must be exactly one JSON object; returns it and stderr."""
+    assert bench.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("\n") and out.count("\n") == 1, out
+    return json.loads(out), err
+
+
+@pytest.mark.parametrize("cmd", sorted(TINY))
+def test_progress_on_stderr_json_alone_on_stdout(cmd, capsys):
+    if cmd == "usd":
+        pytest.importorskip("pxr")
+    res, err = _run_both(capsys, [cmd, *TINY[cmd], "--json"])
+    assert res["benchmark"] in (cmd, "usd_export")
+    bars = [ln for ln in err.replace("\r", "\n").splitlines() if ln.startswith(BAR[cmd] + ":")]
+    assert bars and "100%" in bars[-1], err  # one bar, run to its end
+    _, quiet = _run_both(capsys, [cmd, *TINY[cmd], "--json", "--quiet"])
+    assert "%|" not in quiet, quiet
+
+
+def test_estimators_progress(capsys, monkeypatch):
+    """The estimator study (minutes at its real sizes) shows a bar over its rows and runs."""
+    import numpy as np
+
+    from warpsim_rl.bench import estimators as be
+    from warpsim_rl.tasks import make_task
+
+    task = make_task("pendulum2d-stop", horizon=4)
+    pos = np.array(task.scene.positions)
+    tiny = {"R": 3, "ref_fo": 32, "ref_zo": 64}
+    monkeypatch.setitem(be.SIZES, "quick", {"sigmas": (0.2,), "N": 8, "gamma_rel": 1.0, "planar": tiny,
+                                            "rope": tiny, "strike": tiny})
+    monkeypatch.setitem(be.WALL, "quick", {"stiffness": (1.0e4,), "sigma": 0.2, "N": 4, "seeds": 2, "iters": 2,
+                                           "eta": 0.5, "max_step": 0.1, "gamma": 0.25, "n_eval": 8, "grid": 0,
+                                           "grid_samples": 4})
+    monkeypatch.setattr(be, "make_problems", lambda quick: [
+        be.OpenLoopProblem("pendulum2d", "smooth", task, 2, pos, np.zeros_like(pos))])
+    res, err = _run_both(capsys, ["estimators", "--quick", "--json"])
+    assert len(res["study"]) == 1 and len(res["wall_strike"]["runs"]) == 1
+    assert "estimators (quick): 100%" in err and "2/2" in err, err
+
+
+def test_compare_progress(capsys, monkeypatch, tmp_path):
+    """compare shows a bar over its runs and lets each training show its epochs."""
+    from pathlib import Path
+
+    import warpsim_rl.training
+
+    seen = []
+
+    def fake_train(run, progress=True, overwrite=False):
+        seen.append(progress)
+        assert overwrite  # a re-run of the comparison replaces its runs
+        Path(run.out).mkdir(parents=True)
+        (Path(run.out) / "metrics.csv").write_text("epoch,eval/reward\n1,-2.0\n")
+        return {"reward": -2.0, "train_time_s": 0.1, "terminal_kinetic_energy": 0.0, "distance_to_target": 0.0,
+                "action_magnitude": 0.0}
+
+    monkeypatch.setattr(warpsim_rl.training, "train", fake_train)
+    res, err = _run_both(capsys, ["compare", "--algos", "pods2", "bptt", "--seeds", "0", "--out", str(tmp_path),
+                                  "--json"])
+    assert res["summary"]["bptt"]["final_reward_mean"] == -2.0 and seen == [True, True]
+    assert "compare pendulum2d-stop: 100%" in err and "2/2" in err, err
+
+
+def test_default_sizes():
+    """The defaults that keep every README invocation under 2 minutes on a 2-core CPU VM
+    (README, Benchmarks): per-task env counts for ``envs``, 256 envs for ``scaling``."""
+    from warpsim_rl.bench.cli import parser
+    from warpsim_rl.bench.envs import default_envs
+
+    p = parser()
+    assert p.parse_args(["envs"]).envs is None
+    assert [default_envs(t) for t in ("pendulum2d-stop", "rope3d-stop", "cloth_table-place")] == [4096, 1024, 256]
+    sc = p.parse_args(["scaling"])
+    assert (sc.envs, sc.steps, sc.repeats, sc.particles) == (256, 20, 3, [5, 10, 20, 40])
+    assert p.parse_args(["envs", "--envs", "4096"]).envs == 4096  # the large run, behind a flag
+
+
+def test_envs_rows_report_their_size(capsys):
+    from warpsim_rl.bench.envs import bench_envs
+
+    out = bench_envs(steps=1, repeats=1, tasks=["cloth_table-stop"])
+    assert out["envs"] is None and out["rows"][0]["envs"] == 256
+    assert capsys.readouterr().err == ""  # the library call is silent unless asked

@@ -58,7 +58,7 @@ def test_structs_are_shared_per_dtype_and_dim():
 def test_replayed_launch_sees_a_changed_setting(device):
     """The recorded bdf2_step launch holds ``model.data`` by reference: after ``model.tol`` is
     raised the replay certifies convergence without a Newton iteration."""
-    model = ws.load_scene("pendulum2d").build(num_envs=4, device=device, dtype="float64")
+    model = ws.load_scene("pendulum2d").build(num_envs=4, device=device, dtype="float64", threads=1)
     sim = ws.Simulator(model)
     vel = np.broadcast_to(model.scene.velocities, (4,) + model.scene.velocities.shape).copy()
     vel[:, ~model.scene.is_handle] += 1.0

@@ -15,7 +15,11 @@ SHIPPED = ["cable_payload2d", "cloth_table", "double_pendulum3d", "pendulum2d", 
 
 
 def assert_scenes_identical(a: Scene, b: Scene):
+    """Every field equal but the free-text ``description`` (the TOML files have one, the
+    builder calls here do not)."""
     for f in dataclasses.fields(Scene):
+        if f.name == "description":
+            continue
         va, vb = getattr(a, f.name), getattr(b, f.name)
         if isinstance(va, np.ndarray):
             assert isinstance(vb, np.ndarray), f.name
@@ -255,3 +259,98 @@ def test_geometry_and_scene_accessors():
     assert sc.particle_index("p") == 1
     np.testing.assert_array_equal(sc.free_particles, [1])
     assert sc.free_particles.dtype == np.int32
+
+
+def _startup_scene():
+    """Every term of the start-up force: a stretched damped spring, a taut damped cable, a slack
+    cable, a compressed bilateral spring, gravity, and a particle inside the floor's contact band
+    (``a = 0`` there)."""
+    b = SceneBuilder("startup_grad", dim=2, dt=0.02)
+    b.add_handle([0.0, 0.0], velocity_limit=[2.0, 2.0], name="h")
+    b.add_particle([0.1, -0.5], mass=0.5, name="a")
+    b.add_particle([0.3, -0.9], mass=0.7, name="b")
+    b.add_particle([0.6, -1.4998], mass=0.3, name="c")  # 0.2 mm above the floor, band 0.5 mm
+    b.add_spring("h", "a", stiffness=800.0, rest_length=0.45, damping=3.0)
+    b.add_spring("a", "b", stiffness=1500.0, rest_length=0.4, kind="cable", damping=2.0)
+    b.add_spring("b", "c", stiffness=1200.0, rest_length=0.7, kind="cable")
+    b.add_spring("a", "c", stiffness=300.0, rest_length=1.2)
+    b.add_plane([0.0, 1.0], offset=-1.5)
+    return b.finalize()
+
+
+def test_initial_state_differentiable_wrt_physical_state():
+    """TorchSimulator.initial_state(x0, v0) with tensors: forward = the start-up kernel (bitwise
+    the host-data path), and d loss / d(x0, v0) through the start-up history and a short rollout
+    matches central differences in float64 (it used to be a host round trip, off the graph)."""
+    import torch
+
+    from warpsim_rl.autodiff import TorchSimulator
+
+    sc = _startup_scene()
+    E = 2
+    ts = TorchSimulator(sc.build(num_envs=E, device="cpu", dtype="float64"))
+    rng = np.random.default_rng(3)
+    jitter = 0.01 * rng.normal(size=(E, 4, 2)) * np.array([1.0, 1.0, 1.0, 0.0])[None, :, None]
+    x0 = torch.tensor(sc.positions[None] + jitter)
+    v0 = torch.tensor(rng.normal(size=(E, 4, 2)))
+    acts = torch.tensor(0.3 * rng.normal(size=(3, E, 1, 2)))
+    w = [torch.tensor(rng.normal(size=(E, 4, 2))) for _ in range(8)]
+
+    def loss(x, v):
+        s0 = ts.initial_state(x, v)
+        return sum((wi * t).sum() for wi, t in zip(w, list(s0) + list(ts.rollout(s0, acts)[-1])))
+
+    host = ts.initial_state(x0.numpy(), v0.numpy())
+    for a, b in zip(ts.initial_state(x0, v0), host):
+        assert torch.equal(a, b)
+    assert not any(t.requires_grad for t in host)
+    xg, vg = x0.clone().requires_grad_(True), v0.clone().requires_grad_(True)
+    loss(xg, vg).backward()
+    eps = 1e-6
+    for which, grad in ((0, xg.grad), (1, vg.grad)):
+        fd = torch.zeros_like(grad)
+        for idx in np.ndindex(*grad.shape):
+            args_p, args_m = [x0.clone(), v0.clone()], [x0.clone(), v0.clone()]
+            args_p[which][idx] += eps
+            args_m[which][idx] -= eps
+            fd[idx] = (loss(*args_p) - loss(*args_m)) / (2 * eps)
+        torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-6 * float(fd.abs().max()))
+    assert torch.all(vg.grad[:, 0] == 0)  # handles start at rest whatever v0 says
+    # the start-up's force term is differentiated: d(w . x_prev)/dx0 is not just w (x_prev = x - dt v)
+    xr = x0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((w[2] * ts.initial_state(xr, v0)[2]).sum(), xr)
+    assert (g - w[2])[:, 1:3].abs().min() > 1e-3
+    # ... except in the contact band (particle 3), where a = 0: x_prev = x - dt v exactly
+    (g,) = torch.autograd.grad((w[2][:, 3] * ts.initial_state(xr, v0)[2][:, 3]).sum(), xr)
+    assert torch.equal(g[:, 3], w[2][:, 3]) and torch.all(g[:, :3] == 0)
+    # (n, dim) positions broadcast over the envs, also differentiably
+    xs = torch.tensor(sc.positions, requires_grad=True)
+    ts.initial_state(xs)[2].sum().backward()
+    assert xs.grad.shape == (4, 2) and torch.isfinite(xs.grad).all()
+    with pytest.raises(ValueError, match=r"positions\.dtype = torch\.float32: expected torch\.float64"):
+        ts.initial_state(x0.float())
+
+
+@pytest.mark.parametrize("name", ["cloth_table", "rope3d", "double_pendulum3d"])
+def test_startup_expression_matches_the_kernel(name):
+    """The torch start-up that initial_state's backward differentiates computes the kernel's
+    history (springs, cables, damping, gravity; a = 0 in the contact band of a rounded box)."""
+    import torch
+
+    from warpsim_rl.autodiff import TorchSimulator, _in_contact_band, _startup_history
+
+    sc = load_scene(name, **({"damping": 0.5} if name == "rope3d" else {}))
+    E = 3
+    ts = TorchSimulator(sc.build(num_envs=E, device="cpu", dtype="float64"))
+    rng = np.random.default_rng(5)
+    x = np.broadcast_to(sc.positions, (E,) + sc.positions.shape) + 0.02 * rng.normal(size=(E,) + sc.positions.shape)
+    if name == "cloth_table":  # two particles in the table's contact band, one inside the table
+        top = sc.boxes[0].center[1] + sc.boxes[0].half_extents[1]
+        x[:, 5, 1] = top + 2e-4
+        x[:, 6, 1], x[:, 6, 2] = top - 0.01, 0.0
+    x, v = torch.tensor(x), torch.tensor(rng.normal(size=x.shape))
+    st = ts.initial_state(x, v)
+    xp, vp = _startup_history(ts.model, st[0], st[1])
+    torch.testing.assert_close(xp, st[2], rtol=0, atol=1e-12)
+    torch.testing.assert_close(vp, st[3], rtol=0, atol=1e-9)   # v_prev carries dt / (beta m) round-off
+    assert int(_in_contact_band(ts.model, st[0]).sum()) == (2 * E if name == "cloth_table" else 0)

@@ -429,3 +429,134 @@ def test_wall_pendulum_strikes_the_wall():
         d = x @ torch.tensor(wall.normal, dtype=torch.float64) - wall.offset
         struck |= d < t.scene.contact.width / 2  # the penalty force is on
     assert 0.4 < float(struck.double().mean()) < 0.75
+
+
+# -- listing: describe_tasks and python -m warpsim_rl.tasks ---------------------------------------
+
+def test_describe_tasks_rows_and_cli():
+    """Every registered task and every shipped scene is listed with its sizes, horizon, dt and a
+    description, by describe_tasks() and by ``python -m warpsim_rl.tasks`` (text and JSON)."""
+    import json
+
+    from warpsim_rl import load_scene, scene_names
+    from warpsim_rl.tasks import describe_tasks
+
+    rows = describe_tasks()
+    tasks = [r for r in rows if r["type"] == "task"]
+    scenes = [r for r in rows if r["type"] == "scene"]
+    assert [r["name"] for r in tasks] == ALL and [r["name"] for r in scenes] == scene_names()
+    for r in tasks:
+        t = make_task(r["name"])
+        assert (r["scene"], r["dim"], r["handles"], r["payload"], r["obs_dim"], r["action_dim"], r["horizon"],
+                r["dt"], r["kinds"], r["description"]) == (t.scene.name, t.dim, t.num_handles, t.num_payload,
+                                                            t.obs_dim, t.action_dim, t.horizon, t.dt, (t.kind,),
+                                                            t.description)
+        assert r["description"] and "\n" not in r["description"]
+    for r in scenes:
+        sc = load_scene(r["name"])
+        h, k = sc.num_handles, len(sc.free_particles)
+        assert (r["handles"], r["payload"], r["obs_dim"], r["action_dim"], r["horizon"], r["dt"]) == \
+            (h, k, (h + 2 * k) * sc.dim, h * sc.dim, None, sc.dt)
+        assert r["description"] == sc.description != ""
+        assert r["kinds"] == system_kinds(r["name"])
+        # a scene's sizes are those of every task on it
+        assert all((t["obs_dim"], t["action_dim"]) == (r["obs_dim"], r["action_dim"]) for t in tasks
+                   if t["scene"] == r["name"])
+    assert describe_tasks(["rope3d-stop"], scenes=False) == [next(r for r in tasks if r["name"] == "rope3d-stop")]
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "warpsim_rl.tasks", *a], capture_output=True,  # noqa: E731
+                                    text=True, timeout=120)
+    out = run()
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "Tasks (14)" and f"Scenes ({len(scene_names())})" in lines
+    for r in rows:
+        line = next(ln for ln in lines if ln.split()[:1] == [r["name"]])
+        cells = line.split()
+        assert cells[1] == str(r["dim"]) and cells[5:8] == [str(r["obs_dim"]), str(r["action_dim"]),
+                                                            str(r["horizon"]) if r["horizon"] else "-"]
+        assert line.rstrip().endswith(r["description"])
+    js = run("--json")
+    assert js.returncode == 0 and json.loads(js.stdout) == json.loads(json.dumps(rows))
+    bad = run("pendulum4d-stop")
+    assert bad.returncode == 2 and "unknown task 'pendulum4d-stop'" in bad.stderr
+
+
+def test_make_task_name_override():
+    """``name`` is a Task field like any other (it used to collide with make_task's parameter)."""
+    t = make_task("pendulum2d-stop", name="pendulum2d-short", horizon=50)
+    assert (t.name, t.horizon, t.weights) == ("pendulum2d-short", 50, TASKS["pendulum2d-stop"].weights)
+    assert make_task(t, name="again").name == "again"
+
+
+# -- tasks on a user's scene file ("<path>.toml:<kind>") ------------------------------------------
+
+def _docs_crane_toml() -> str:
+    """The custom scene of docs/scenes.md ("Training on your own scene"), so the docs stay tested."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "scenes.md").read_text()
+    section = text[text.index("## Training on your own scene"):]
+    return section[section.index("```toml\n") + 8:section.index("\n```", section.index("```toml\n"))] + "\n"
+
+
+def test_custom_scene_task_and_training(tmp_path):
+    from warpsim_rl.algos.config import RunConfig
+    from warpsim_rl.tasks import CUSTOM_SETTINGS, describe_tasks
+    from warpsim_rl.training import train
+
+    path = tmp_path / "crane2d.toml"
+    path.write_text(_docs_crane_toml())
+    stop, origin = make_task(f"{path}:stop"), make_task(f"{path}:stop-origin")
+    for t, kind in ((stop, "stop"), (origin, "stop-origin")):
+        assert (t.name, t.kind, t.scene_name, t.scene.name) == (f"{path}:{kind}", kind, str(path.resolve()), "crane2d")
+        assert (t.obs_dim, t.action_dim, t.horizon, t.dt, t.test_bed_size) == (10, 2, 100, 0.02, 1000)
+        assert t.description.startswith("2D crane: hook and load")
+        assert t.test_bed_seed == CUSTOM_SETTINGS["test_bed_seed"] + (kind == "stop-origin")
+        np.testing.assert_array_equal(t.action_limits, [[1.5, 0.0]])
+        # the target is the static equilibrium under the trolley at home
+        np.testing.assert_allclose(t.rest_positions, equilibrium(t.scene), atol=1e-12)
+    # the registry's weights, normalised by 1 handle and 2 payload particles
+    assert stop.weights == Weights(0.0, 0.0, 0.5, 0.01) and origin.weights == Weights(1.0, 0.5, 0.5, 0.01)
+    # the registry's initial-state defaults; no offset along y, which the trolley cannot move
+    assert (stop.init.swing_angle, stop.init.angular_speed, stop.init.handle_offset) == (0.4, (0.5, 1.5), 0.0)
+    pos, vel = origin.test_bed()
+    assert np.ptp(pos[:, 0, 0]) > 0.5 and np.all(pos[:, 0, 1] == 0.0)
+    assert np.array_equal(origin.test_bed()[0], make_task(f"{path}:stop-origin").test_bed()[0])
+    assert np.all(np.linalg.norm(vel[:, 1:], axis=-1).max(axis=1) > 0)
+    assert make_task(f"{path}:stop", horizon=7, name="crane").horizon == 7
+    assert [r["name"] for r in describe_tasks([f"{path}:stop"], scenes=False)] == [f"{path}:stop"]
+
+    # train.py's path: RunConfig validates the env, training.train builds the task by name
+    out = tmp_path / "run"
+    res = train(RunConfig(env=f"{path}:stop", num_envs=4, epochs=1, eval_every=0, usd_envs=0, out=str(out),
+                          horizon=5), progress=False)
+    assert res["env"] == f"{path}:stop" and res["test_bed_size"] == 1000 and np.isfinite(res["reward"])
+    assert (out / "results.json").is_file() and (out / "checkpoint.pt").is_file()
+
+
+def test_custom_scene_task_errors(tmp_path):
+    from warpsim_rl import SceneError
+    from warpsim_rl.algos.config import RunConfig
+
+    good = tmp_path / "crane2d.toml"
+    good.write_text(_docs_crane_toml())
+    no_handle = tmp_path / "free.toml"
+    no_handle.write_text(_docs_crane_toml().replace("handle = true", "mass = 1.0")
+                         .replace("velocity_limit = [1.5, 0.0]", ""))
+    broken = tmp_path / "broken.toml"
+    broken.write_text(_docs_crane_toml().replace("mass = 0.2", "mass = -0.2"))
+    cases = [
+        (f"{tmp_path / 'nothere.toml'}:stop", SceneError, r"scene file '.*nothere\.toml' does not exist"),
+        (f"{good}:place", ValueError, r"unknown kind 'place' for a scene file; kinds: \['stop', 'stop-origin'\]"),
+        (str(good), ValueError, r"a scene file needs a task kind: '.*crane2d\.toml:<kind>'"),
+        (f"{no_handle}:stop", SceneError, r"scene 'crane2d' has no handle"),
+        (f"{broken}:stop", SceneError, r"broken\.toml: particles\[1\]\.mass = -0\.2: must be > 0"),
+    ]
+    for env, err, match in cases:
+        with pytest.raises(err, match=match):
+            make_task(env)
+        with pytest.raises(ValueError, match=r"env = '.*': .*" + match):
+            RunConfig(env=env)
+    with pytest.raises(ValueError, match=r"env = 'nope-stop': unknown; valid environments: .*'pendulum2d-stop'"):
+        RunConfig(env="nope-stop")

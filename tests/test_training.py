@@ -389,3 +389,204 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path, capsys):
     assert main(["--resume", str(tmp_path), "--env", "rope3d-stop"]) == 2
     err = capsys.readouterr().err
     assert "--env rope3d-stop cannot change it" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# Run folders: Ctrl-C, refusing to overwrite, results.json, file modes
+# ------------------------------------------------------------------------------------------------
+
+TINY = ["--num-envs", "4", "--horizon", "8", "--regression-steps", "2", "--eval-every", "0", "--usd-envs", "0",
+        "--no-progress"]
+
+
+def _interrupt_at(monkeypatch, call):
+    """PODS.train_epoch raises KeyboardInterrupt (what Ctrl-C does) on its ``call``-th call."""
+    from warpsim_rl.algos import PODS
+
+    original, calls = PODS.train_epoch, []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(PODS, "train_epoch", interrupted)
+    return lambda: monkeypatch.setattr(PODS, "train_epoch", original)
+
+
+def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C: one line (interrupted epoch, checkpoint epoch, the --resume command), exit 130; the
+    folder resumes. Interrupted before the first checkpoint, --resume starts it again from its
+    config.json. (Before: a KeyboardInterrupt traceback, nothing about resuming.)"""
+    from warpsim_rl.train import main
+
+    out = tmp_path / "intr"
+    restore = _interrupt_at(monkeypatch, 2)
+    assert main([*TINY, "--epochs", "3", "--out", str(out)]) == 130
+    restore()
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted at epoch 2 of 3; checkpoint written at epoch 1; resume with "
+                   f"`python train.py --resume {out}`")
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert main(["--resume", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [c["epoch"] for c in res["curve"]] == [0, 1, 2, 3] and res["resumed_from_epoch"] == 1
+
+    early = tmp_path / "early"
+    restore = _interrupt_at(monkeypatch, 1)
+    assert main([*TINY, "--epochs", "2", "--out", str(early)]) == 130
+    restore()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted at epoch 1 of 2; no checkpoint written yet; resume with "
+                          f"`python train.py --resume {early}`") and "\n" not in err
+    assert not (early / "checkpoint.pt").exists() and (early / "config.json").is_file()
+    assert main(["--resume", str(early), "--no-progress"]) == 0
+    assert torch.load(early / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert len(list((early / "tb").glob("events.out.tfevents.*"))) == 1  # the restart replaced the first's
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGINT") or sys.platform == "win32", reason="POSIX signals")
+def test_sigint_to_train_py_prints_one_line_and_exits_130(tmp_path):
+    """The real thing: SIGINT to a running ``train.py`` once its first checkpoint exists."""
+    import signal
+    import time
+
+    out = tmp_path / "intr"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "--epochs", "100000", "--out", str(out)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    saved = torch.load(out / "checkpoint.pt", weights_only=False)["epoch"]
+    assert line.startswith("interrupted at epoch ") and f"checkpoint written at epoch {saved};" in line
+    assert line.endswith(f"resume with `python train.py --resume {out}`")
+
+
+def test_a_run_folder_is_not_overwritten_unless_asked(tmp_path, capsys):
+    """Re-running into a run folder is refused (nothing touched); --overwrite deletes the run's own
+    files and nothing else, leaving one TensorBoard event file. (Before: silently overwritten, two
+    event files over the same steps.)"""
+    from warpsim_rl.train import main
+
+    out = tmp_path / "run"
+    args = [*TINY, "--epochs", "1", "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    (out / "notes.txt").write_text("mine")
+    (out / "tb" / "README").write_text("mine too")
+    before = _files(out)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"out = '{out}' already holds a training run" in err and "--overwrite" in err
+    assert f"python train.py --resume {out}" in err
+    assert _files(out) == before
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(RunConfig(num_envs=4, horizon=8, epochs=1, out=str(out)), progress=False)
+    assert main(["--resume", str(out), "--overwrite"]) == 2
+    assert "--overwrite would delete it" in capsys.readouterr().err
+    old_ckpt = (out / "checkpoint.pt").stat().st_mtime_ns
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "tb" / "README").read_text() == "mine too"
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1
+    assert (out / "checkpoint.pt").stat().st_mtime_ns != old_ckpt
+    # an empty or unrelated folder is not a run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data.txt").write_text("x")
+    assert main([*TINY, "--epochs", "1", "--out", str(other)]) == 0
+
+
+def test_results_hold_the_untrained_evaluation_the_curve_and_the_whole_training_time(tmp_path, monkeypatch):
+    """results.json: the untrained policy's test-bed evaluation (epoch 0), the curve epoch by epoch
+    and, after a resume, the time of the whole run and of this session. (Before: only the final
+    evaluation, and the resumed part's time.)"""
+    from warpsim_rl.algos import evaluate
+
+    run = RunConfig(num_envs=4, horizon=8, epochs=3, eval_every=2, usd_envs=0, out=str(tmp_path / "r"))
+    cfg = algo_config("pods2", regression_steps=2)
+    fresh = make_algorithm(make_task("pendulum2d-stop", horizon=8), run, cfg)
+    want = evaluate(fresh.task, fresh.policy)
+    restore = _interrupt_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at epoch 3 of 3; checkpoint written at epoch 2"):
+        train(run, cfg, progress=False)
+    restore()
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    res = train(None, resume=str(tmp_path / "r"), progress=False)
+    assert res == json.loads((tmp_path / "r" / "results.json").read_text())
+    untrained = res["untrained"]
+    assert untrained["epoch"] == 0
+    for k in ("reward", "reward_std", "terminal_kinetic_energy", "distance_to_target", "action_magnitude",
+              "diverged"):
+        assert untrained[k] == want[k], k
+    hist = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["history"]
+    assert res["curve"][0] == {"epoch": 0, "eval/reward": want["reward"]}
+    assert res["curve"][1:] == [{k: h[k] for k in ("epoch", "train/return_before", "eval/reward") if k in h}
+                                for h in hist]
+    assert [("eval/reward" in c) for c in res["curve"]] == [True, False, True, True]
+    assert res["reward"] == res["curve"][-1]["eval/reward"]  # the top level is the final evaluation
+    assert res["resumed_from_epoch"] == 2
+    assert res["train_time_s"] == pytest.approx(ckpt["train_time_s"] + res["train_time_s_this_session"])
+    assert ckpt["train_time_s"] >= sum(h["time/epoch_s"] for h in ckpt["history"]) > 0
+
+
+def test_run_files_follow_the_umask_and_the_usd_seed_is_an_integer(tmp_path):
+    """One permission policy for every run file (0666 & ~umask, folders 0777 & ~umask), and
+    eval.usdc records the seed as the integer the CLI export writes. (Before: checkpoint, metrics,
+    results and config 0600 while eval.usdc and tb/ followed the umask; the seed a string.)"""
+    from pxr import Usd
+
+    from warpsim_rl.usd import main as usd_main
+
+    old = os.umask(0o027)
+    try:
+        out = tmp_path / "run"
+        train(RunConfig(num_envs=4, horizon=8, epochs=1, eval_every=0, usd_envs=2, seed=3, out=str(out)),
+              algo_config("pods2", regression_steps=2), progress=False)
+        assert usd_main(["--scene", "pendulum2d", "--envs", "1", "--steps", "2", "--seed", "3",
+                         "--out", str(tmp_path / "cli.usda")]) == 0
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in [out, *out.rglob("*")]}
+    assert set(RUN_NAMES) <= {p.split("/")[-1] for p in modes} | {"run"}
+    assert {p: m for p, m in modes.items() if m != (0o750 if (tmp_path / p).is_dir() else 0o640)} == {}
+    assert (tmp_path / "cli.usda").stat().st_mode & 0o777 == 0o640
+    stages = [Usd.Stage.Open(str(p)) for p in (out / "eval.usdc", tmp_path / "cli.usda")]
+    meta, cli = (st.GetRootLayer().customLayerData["warpsim_rl"] for st in stages)
+    assert meta["seed"] == 3 and type(meta["seed"]) is int
+    assert cli["seed"] == 3 and type(cli["seed"]) is type(meta["seed"])
+    assert (meta["env"], meta["algo"], meta["actions"]) == ("pendulum2d-stop", "pods2", "policy")
+
+
+RUN_NAMES = ("tb", "metrics.csv", "checkpoint.pt", "results.json", "config.json", "learning_curve.png", "eval.usdc")
+
+
+def test_default_output_folder_of_a_custom_scene_is_a_plain_name(tmp_path):
+    from warpsim_rl.algos.config import RunConfig
+
+    scene = tmp_path / "crane.toml"
+    scene.write_text((Path(__file__).resolve().parents[1] / "scenes" / "pendulum2d.toml").read_text())
+    run = RunConfig(env=f"{scene}:stop-origin", algo="bptt", seed=2)
+    assert run.out_dir == "runs/crane-stop-origin-bptt-s2"
+
+
+def test_train_py_lists_the_tasks_and_scenes(capsys):
+    from warpsim_rl.tasks import task_names
+    from warpsim_rl.train import main
+
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in task_names():
+        assert name in out
+    assert "rope3d" in out and "horizon" in out.lower()

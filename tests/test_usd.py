@@ -416,16 +416,60 @@ def test_cli(tmp_path, capsys):
     assert stage.GetPrimAtPath("/World/Env_0000/Particles").GetAttribute("points").GetNumTimeSamples() == 5
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert listdir(tmp_path) == ["cli.png", "cli.usda"]
-    # a policy checkpoint needs the training module; the error says so and nothing is written
+    # a file that is not a training checkpoint: one error line, nothing written
     ckpt = tmp_path / "policy.pt"
     ckpt.write_bytes(b"")
     rc = main(["--scene", "pendulum2d", "--steps", "2", "--out", str(tmp_path / "p.usda"), "--policy", str(ckpt)])
     err = capsys.readouterr().err
-    try:
-        import warpsim_rl.policy  # noqa: F401
-    except ModuleNotFoundError:
-        assert rc == 2 and "PODS/training" in err
-        assert not (tmp_path / "p.usda").exists()
+    assert rc == 2 and "corrupted or not a checkpoint" in err and "issue" not in err
+    assert not (tmp_path / "p.usda").exists()
+    assert main(["--out", str(tmp_path / "p.usda"), "--policy", str(tmp_path / "none.pt")]) == 2
+    assert "no such checkpoint file or run folder" in capsys.readouterr().err
+
+
+def test_cli_exports_a_trained_policy(tmp_path, capsys):
+    """``--policy`` exports the checkpoint's policy on its task's test bed for the task's horizon:
+    the same rollouts as the run's eval.usdc. ``--scene`` may be left out; a different scene is
+    refused naming both. (Before: exit 2, "needs warpsim_rl.policy, which arrives with ... issue".)"""
+    from warpsim_rl.algos import RunConfig, algo_config
+    from warpsim_rl.tasks import make_task
+    from warpsim_rl.training import train
+
+    run = tmp_path / "run"
+    train(RunConfig(env="pendulum2d-stop", num_envs=4, horizon=8, epochs=1, eval_every=0, usd_envs=3, seed=2,
+                    out=str(run)), algo_config("pods2", regression_steps=2), progress=False)
+    out = tmp_path / "p.usda"
+    rc = main(["--scene", "pendulum2d", "--policy", str(run / "checkpoint.pt"), "--envs", "3", "--out", str(out)])
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "policy of pendulum2d-stop (pods2, seed 2, epoch 1), test-bed initial states" in text.out
+    stage, ref = open_stage(out), open_stage(run / "eval.usdc")
+    assert stage.GetEndTimeCode() == 8.0 and len(env_prims(stage)) == 3  # the run's horizon
+    pos0, _ = make_task("pendulum2d-stop").test_bed()
+    sc = load_scene("pendulum2d")
+    for e in range(3):
+        path = f"/World/Env_{e:04d}/Particles"
+        np.testing.assert_allclose(np.array(stage.GetPrimAtPath(path).GetAttribute("points").Get(0))[:, :2],
+                                   pos0[e, sc.free_particles], atol=1e-6)  # test-bed initial states
+        for t in range(9):
+            np.testing.assert_allclose(np.array(stage.GetPrimAtPath(path).GetAttribute("points").Get(t)),
+                                       np.array(ref.GetPrimAtPath(path).GetAttribute("points").Get(t)), atol=1e-5)
+    meta = stage.GetRootLayer().customLayerData["warpsim_rl"]
+    assert (meta["env"], meta["algo"], meta["seed"], meta["epoch"], meta["actions"]) == \
+        ("pendulum2d-stop", "pods2", 2, 1, "policy")
+    assert meta["seed"] == ref.GetRootLayer().customLayerData["warpsim_rl"]["seed"]
+    # the run folder works too, and --scene is optional; --steps overrides the horizon
+    assert main(["--policy", str(run), "--envs", "1", "--steps", "3", "--out", str(tmp_path / "q.usdc")]) == 0
+    assert open_stage(tmp_path / "q.usdc").GetEndTimeCode() == 3.0
+    capsys.readouterr()
+    assert main(["--scene", "rope3d", "--policy", str(run), "--out", str(tmp_path / "r.usda")]) == 2
+    err = capsys.readouterr().err
+    assert "--scene 'rope3d'" in err and "'pendulum2d-stop'" in err and "'pendulum2d'" in err
+    assert main(["--policy", str(run), "--seed", "1", "--out", str(tmp_path / "r.usda")]) == 2
+    assert "--seed" in capsys.readouterr().err
+    assert main(["--policy", str(run), "--envs", "1001", "--out", str(tmp_path / "r.usda")]) == 2
+    assert "1000" in capsys.readouterr().err
+    assert not (tmp_path / "r.usda").exists()
 
 
 def test_render_preview(tmp_path):

@@ -375,3 +375,111 @@ def test_state_of_other_dtype_or_same_buffers():
 def test_scene_from_dict_source_prefix():
     with pytest.raises(SceneError, match=r"^mydict: \[scene\]: missing table$"):
         scene_from_dict({}, "mydict")
+
+
+# ------------------------------------------------------------------------------------------
+# vectors: every entry must be a number (no strings, no booleans), named by its index
+# ------------------------------------------------------------------------------------------
+
+GOOD_TOML_3D = """
+[scene]
+name = "tiny3d"
+dim = 3
+dt = 0.01
+gravity = [0.0, -9.81, 0.0]
+
+[[particles]]
+name = "h"
+handle = true
+position = [0.0, 0.0, 0.0]
+velocity_limit = [2.0, 2.0, 2.0]
+
+[[particles]]
+name = "bob"
+position = [0.0, -0.5, 0.0]
+mass = 1.0
+
+[[springs]]
+particles = ["h", "bob"]
+stiffness = 1000.0
+"""
+
+
+@pytest.mark.parametrize("old,new,match", [
+    ("position = [0.0, -0.5, 0.0]", 'position = [0.0, "-0.5", 0.0]',
+     r"particles\[1\]\.position\[1\] = '-0\.5': expected a number, got a str "
+     r"\(particles\[1\]\.position = \[0\.0, '-0\.5', 0\.0\]\)"),
+    ("position = [0.0, -0.5, 0.0]", "position = [0.0, true, 0.0]",
+     r"particles\[1\]\.position\[1\] = True: expected a number, got a boolean"),
+    ("gravity = [0.0, -9.81, 0.0]", 'gravity = [0.0, "-9.81", 0.0]',
+     r"scene\.gravity\[1\] = '-9\.81': expected a number, got a str"),
+    ("velocity_limit = [2.0, 2.0, 2.0]", 'velocity_limit = ["2.0", 2, 2]',
+     r"particles\[0\]\.velocity_limit\[0\] = '2\.0': expected a number"),
+    ("velocity_limit = [2.0, 2.0, 2.0]", "velocity_limit = [2.0, false, 2.0]",
+     r"particles\[0\]\.velocity_limit\[1\] = False: expected a number, got a boolean"),
+    ("mass = 1.0", 'mass = 1.0\nvelocity = [0.0, 0.0, "1"]',
+     r"particles\[1\]\.velocity\[2\] = '1': expected a number"),
+    ("mass = 1.0", "mass = 1.0\nvelocity = [0.0, [1.0], 0.0]",
+     r"particles\[1\]\.velocity\[1\] = \[1\.0\]: expected a number, got a list"),
+    ('stiffness = 1000.0', 'stiffness = 1000.0\n\n[[planes]]\nnormal = [0.0, "1", 0.0]\noffset = -2.0',
+     r"planes\[0\]\.normal\[1\] = '1': expected a number"),
+    ('stiffness = 1000.0', 'stiffness = 1000.0\n\n[[boxes]]\ncenter = [0.0, -2.0, 0.0]\nhalf_extents = [1.0, true, 1.0]',
+     r"boxes\[0\]\.half_extents\[1\] = True: expected a number, got a boolean"),
+])
+def test_vector_entries_must_be_numbers_toml(tmp_path, old, new, match):
+    """Strings and booleans inside vectors used to be converted silently ("-0.5" -> -0.5,
+    true -> 1.0); like scalars they are rejected, naming the field, the index and the value."""
+    assert old in GOOD_TOML_3D
+    load_scene(write(tmp_path, GOOD_TOML_3D, "good.toml"))  # the unmodified scene loads
+    with pytest.raises(SceneError, match=r"scene\.toml: " + match):
+        load_scene(write(tmp_path, GOOD_TOML_3D.replace(old, new, 1)))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda b: b.add_particle([0, "-1"], 1.0), r"particles\[1\]\.position\[1\] = '-1': expected a number, got a str \(particles\[1\]\.position = \[0, '-1'\]\)"),
+    (lambda b: b.add_particle([0.0, True], 1.0), r"particles\[1\]\.position\[1\] = True: expected a number, got a boolean"),
+    (lambda b: b.add_particle(np.array([False, True]), 1.0), r"particles\[1\]\.position\[0\] = False: expected a number, got a boolean"),
+    (lambda b: b.add_particle([0.0, -1.0], 1.0, velocity=[0.0, "0"]), r"particles\[1\]\.velocity\[1\] = '0'"),
+    (lambda b: b.add_handle([1.0, 0.0], ["2.0", 2]), r"particles\[1\]\.velocity_limit\[0\] = '2\.0'"),
+    (lambda b: SceneBuilder("t", dim=2, dt=0.01, gravity=[0.0, "-9.81"]), r"scene\.gravity\[1\] = '-9\.81'"),
+    (lambda b: b.add_plane([0.0, True]), r"planes\[0\]\.normal\[1\] = True"),
+    (lambda b: b.add_box([0.0, "0"], [1.0, 1.0]), r"boxes\[0\]\.center\[1\] = '0'"),
+    (lambda b: b.add_chain("h", [0.0, "-1"], segments=2, mass=1.0, stiffness=1.0), r"chains\.chain\.end\[1\] = '-1'"),
+])
+def test_vector_entries_must_be_numbers_builder(call, match):
+    with pytest.raises(SceneError, match=match):
+        call(builder())
+
+
+def test_vectors_still_accept_numbers_of_any_numeric_type():
+    b = builder()
+    i = b.add_particle(np.array([0.5, -1.0], dtype=np.float32), mass=1.0, velocity=(np.int64(1), 2))
+    j = b.add_particle([np.float64(0.25), -2], mass=1.0)
+    b.add_spring(i, j, stiffness=1e3)
+    sc = b.finalize()
+    np.testing.assert_array_equal(sc.positions[1:], [[0.5, -1.0], [0.25, -2.0]])
+    np.testing.assert_array_equal(sc.velocities[1], [1.0, 2.0])
+
+
+def test_parameter_errors_name_the_parameter(tmp_path):
+    """An invalid value derived from a parameter names the derived field and the parameter the
+    user passed (an override), or the [parameters] entries the table used (a bad file default)."""
+    with pytest.raises(SceneError, match=r"^scenes/rope3d\.toml: particles\[1\]\.mass = -1: must be > 0 for a free "
+                                         r"particle \(chains\[0\] uses the parameter override particle_mass = -1\)$"):
+        load_scene("rope3d", particle_mass=-1)
+    with pytest.raises(SceneError, match=r"particles\[1\]\.mass = '0\.05': expected a number "
+                                         r"\(chains\[0\] uses the parameter override particle_mass = '0\.05'\)"):
+        load_scene("rope3d", particle_mass="0.05")
+    with pytest.raises(SceneError, match=r"chains\.rope\.segments = 0: must be an integer >= 1 "
+                                         r"\(chains\[0\] uses the parameter override num_particles = 0\)"):
+        load_scene("rope3d", num_particles=0)
+    text = GOOD_TOML.replace("[scene]", "[parameters]\nbob_y = -1.0\nbob_mass = -2.0\n\n[scene]")
+    text = text.replace("position = [0.0, -1.0]", 'position = [0.0, "$bob_y"]').replace("mass = 1.0", 'mass = "$bob_mass"')
+    p = write(tmp_path, text)
+    with pytest.raises(SceneError, match=r"particles\[1\]\.mass = -2\.0: must be > 0 for a free particle "
+                                         r"\(particles\[1\] uses \[parameters\] bob_mass = -2\.0, bob_y = -1\.0\)"):
+        load_scene(p)
+    with pytest.raises(SceneError, match=r"particles\[1\]\.position\[1\] = True: expected a number, got a boolean "
+                                         r".*\(particles\[1\] uses the parameter overrides bob_mass = 1\.0, bob_y = True\)"):
+        load_scene(p, bob_y=True, bob_mass=1.0)
+    assert load_scene(p, bob_mass=1.0).masses[1] == 1.0

@@ -27,6 +27,7 @@ import warp as wp
 from .kernels.adjoint import adjoint_kernels
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK
 from .model import Control, Model, State, scratch_array
+from .shards import env_columns, env_rows
 from .sim import ActionError, Simulator
 
 __all__ = ["Differentiator", "GradientError", "TorchSimulator"]
@@ -60,14 +61,20 @@ class Differentiator:
         ``adj_stiffness`` (E, m) and ``adj_mass`` (E, n). ``arrays_out`` are the converged outputs
         of the forward step from ``arrays_in``/``action``."""
         m = self._checked_model()
-        wp.launch(
-            self.kernels.bdf2_vjp, dim=m.num_envs,
-            inputs=[m.data, m.mass if mass is None else mass, m.stiffness if stiffness is None else stiffness,
-                    m.state_data(arrays_in), action, m.state_data(arrays_out), m.state_data(adj_out), self._scratch,
-                    self._adj_xh, self._adj_vh],
-            outputs=[m.state_data(adj_in), adj_action, adj_stiffness, adj_mass, self.ok],
-            device=m.device,
-        )
+        mass = m.mass if mass is None else mass
+        stiffness = m.stiffness if stiffness is None else stiffness
+
+        def args(e0, e1):
+            def rows(arrays):
+                return m.state_data([env_rows(a, e0, e1) for a in arrays])
+
+            return ([m.data_shard(e0, e1), env_rows(mass, e0, e1), env_rows(stiffness, e0, e1), rows(arrays_in),
+                     env_rows(action, e0, e1), rows(arrays_out), rows(adj_out),
+                     m.scratch_shard(self._scratch, e0, e1), env_rows(self._adj_xh, e0, e1),
+                     env_rows(self._adj_vh, e0, e1)],
+                    [rows(adj_in), *(env_rows(a, e0, e1) for a in (adj_action, adj_stiffness, adj_mass, self.ok))])
+
+        m.shards.launch(self.kernels.bdf2_vjp, args, self._site("vjp"))
 
     def jacobians(self, arrays_in, action, arrays_out, A: wp.array, B: wp.array,
                   stiffness=None, mass=None) -> None:
@@ -78,13 +85,25 @@ class Differentiator:
         m = self._checked_model()
         if self._W is None:
             self._W = scratch_array(m.num_dofs * m.num_dofs, m.num_envs, m.dtype, m.device)
-        wp.launch(
-            self.kernels.bdf2_jacobian, dim=m.num_envs,
-            inputs=[m.data, m.mass if mass is None else mass, m.stiffness if stiffness is None else stiffness,
-                    m.state_data(arrays_in), action, m.state_data(arrays_out), self._scratch, self._W],
-            outputs=[A, B, self.ok],
-            device=m.device,
-        )
+        mass = m.mass if mass is None else mass
+        stiffness = m.stiffness if stiffness is None else stiffness
+
+        def args(e0, e1):
+            return ([m.data_shard(e0, e1), env_rows(mass, e0, e1), env_rows(stiffness, e0, e1),
+                     m.state_data([env_rows(a, e0, e1) for a in arrays_in]), env_rows(action, e0, e1),
+                     m.state_data([env_rows(a, e0, e1) for a in arrays_out]), m.scratch_shard(self._scratch, e0, e1),
+                     env_columns(self._W, e0, e1)],
+                    [env_rows(A, e0, e1), env_rows(B, e0, e1), env_rows(self.ok, e0, e1)])
+
+        m.shards.launch(self.kernels.bdf2_jacobian, args, self._site("jacobian"))
+
+    def _site(self, name: str):
+        """The :class:`~warpsim_rl.shards.LaunchSite` of the ``name`` launch for the current shards."""
+        shards = self.model.shards
+        sites = self.__dict__.setdefault("_sites", {})
+        if name not in sites or sites[name][0] is not shards:
+            sites[name] = (shards, shards.site())
+        return sites[name][1]
 
     def _checked_model(self) -> Model:
         m = self.model
@@ -255,9 +274,24 @@ class TorchSimulator:
         return t.contiguous()
 
     def initial_state(self, positions=None, velocities=None) -> tuple[torch.Tensor, ...]:
-        """``(x, v, x_prev, v_prev)`` torch tensors of a fresh state (see ``Model.state``)."""
-        st = self.model.state(positions, velocities)
-        return tuple(wp.to_torch(a).clone() for a in st.arrays())
+        """``(x, v, x_prev, v_prev)`` torch tensors of a fresh state: ``positions``/``velocities``
+        (E, n, dim) or (n, dim), default the scene's; handles start at rest; the BDF2 history
+        comes from the forces at that state (``Model.state``, ``kernels.bdf2`` ``startup``:
+        ``x_prev = x - dt v + dt^2/2 a``, ``v_prev = v - dt a``, ``a = 0`` on particles touching
+        geometry).
+
+        Host data (numpy, lists) gives constant tensors. Torch tensors (in the model's dtype, on
+        its device) give a state differentiable with respect to them: the forward values are the
+        start-up kernel's (the same as from host data), and the backward pass differentiates the
+        start-up, ``d(x_prev, v_prev)/d(x, v)`` through the spring, cable, damping and gravity
+        forces (:func:`_startup_history`), so ``loss.backward()`` through a rollout from this
+        state reaches ``positions`` and ``velocities`` (handle velocities get zero gradient: they
+        are reset to 0). Masses and stiffnesses are not differentiated here."""
+        if not any(isinstance(t, torch.Tensor) for t in (positions, velocities)):
+            st = self.model.state(positions, velocities)
+            return tuple(wp.to_torch(a).clone() for a in st.arrays())
+        x, v = _initial_tensors(self, positions, velocities)
+        return _StartupFunction.apply(self, x, v)
 
     def step(self, x, v, x_prev, v_prev, action, stiffness=None, mass=None, validate: bool = True):
         """One differentiable step; returns ``(x', v', x_prev', v_prev')``."""
@@ -330,3 +364,131 @@ class TorchSimulator:
             self._layout = StateLayout(self.model.scene)
         return self._layout.flatten((x, v, x_prev, v_prev), "markov")
 
+
+# ------------------------------------------------------------------------------------------
+# differentiable start-up (TorchSimulator.initial_state with torch tensors)
+# ------------------------------------------------------------------------------------------
+
+def _initial_tensors(tsim: TorchSimulator, positions, velocities) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, v)`` (E, n, dim) tensors of :meth:`TorchSimulator.initial_state`'s arguments (tensors
+    kept on the autograd graph, broadcast from (n, dim); host data and ``None`` (the scene's values)
+    become constants), with the handle velocities set to 0. ``ValueError`` naming a wrong dtype,
+    device, shape or a non-finite entry."""
+    from .scene import SceneError
+
+    m = tsim.model
+    shape = (m.num_envs, m.num_particles, m.dim)
+    out = []
+    for name, t, default in (("positions", positions, m.scene.positions), ("velocities", velocities,
+                                                                             m.scene.velocities)):
+        if not isinstance(t, torch.Tensor):
+            from .model import _broadcast_state
+
+            host = _broadcast_state(default if t is None else t, shape, name, m.np_dtype)
+            t = torch.as_tensor(host.astype(m.np_dtype), device=tsim.torch_device)
+        if t.dtype != tsim.torch_dtype:
+            raise ValueError(f"{name}.dtype = {t.dtype}: expected {tsim.torch_dtype}")
+        if t.device != tsim.torch_device:
+            raise ValueError(f"{name}.device = {t.device}: expected {tsim.torch_device}")
+        if tuple(t.shape) not in (shape, shape[1:]):
+            raise ValueError(f"{name}.shape = {tuple(t.shape)}: expected {shape} or {shape[1:]}")
+        t = t.expand(shape)
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            idx = [int(i) for i in bad.nonzero()[0]]
+            raise SceneError(f"{name}{idx} = {float(t[tuple(idx)])!r}: must be finite")
+        out.append(t)
+    x, v = out
+    handle = torch.as_tensor(m.scene.is_handle, device=tsim.torch_device)
+    v = torch.where(handle[None, :, None], torch.zeros((), dtype=v.dtype, device=v.device), v)
+    return x.contiguous(), v.contiguous()
+
+
+def _startup_history(model: Model, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x_prev, v_prev)`` of the BDF2 start-up as a torch expression of ``x``, ``v`` (E, n, dim):
+    ``x_prev = x - h v + h^2/2 a``, ``v_prev = v - h a`` with ``a = M^-1 f(x, v) + gravity`` of the
+    springs (cables only when taut), the stretch damping along the current spring direction and
+    gravity on the free particles, ``a = 0`` on handles and on particles within half the contact
+    width of a plane or box (the rule of ``kernels.bdf2`` ``startup``, which computes the same
+    values on the device; this expression is what the backward pass of
+    :meth:`TorchSimulator.initial_state` differentiates, with the model's masses, stiffnesses and
+    rest lengths as constants)."""
+    dev, dt = x.device, x.dtype
+    E, n, d = x.shape
+    h = float(model.dt)
+
+    def tt(arr, dtype=None):
+        return wp.to_torch(arr).to(device=dev, dtype=dtype or dt)
+
+    si = wp.to_torch(model.spring_i).to(dev).long()
+    sj = wp.to_torch(model.spring_j).to(dev).long()
+    k, L, c = tt(model.stiffness), tt(model.rest_length), tt(model.damping)
+    cable = wp.to_torch(model.is_cable).to(dev) != 0
+    mass = tt(model.mass)
+    zero = torch.zeros((), dtype=dt, device=dev)
+    dvec = x[:, si] - x[:, sj]                                       # (E, m, dim)
+    length = torch.linalg.vector_norm(dvec, dim=-1)
+    u = dvec / length.clamp_min(1.0e-30)[..., None]
+    spring = torch.where(cable & (length <= L), zero, k * (length - L))
+    rate = ((v[:, si] - v[:, sj]) * u).sum(-1)
+    damped = (c > 0) & (~cable | (length > L)) & (length > 0)
+    tension = spring + torch.where(damped, c * rate, zero)           # dU/dl + dD/d(rate), (E, m)
+    grad_i = tension[..., None] * u                                  # gradient w.r.t. x_i; -it on x_j
+    f = torch.zeros_like(x).index_add(1, si, -grad_i).index_add(1, sj, grad_i)
+    free = torch.as_tensor(~model.scene.is_handle, device=dev)
+    gravity = torch.as_tensor(np.asarray(model.scene.gravity, dtype=model.np_dtype), device=dev)
+    a = f / torch.where(free, mass, torch.ones((), dtype=dt, device=dev))[..., None] + gravity
+    keep = free[None, :].expand(E, n) & ~_in_contact_band(model, x.detach())
+    a = torch.where(keep[..., None], a, zero)
+    return x - h * v + (0.5 * h * h) * a, v - h * a
+
+
+def _in_contact_band(model: Model, x: torch.Tensor) -> torch.Tensor:
+    """(E, n) bool: particles closer than half the contact width to some plane or box (signed
+    distance of ``kernels.contact`` ``signed_distance``), whose start-up acceleration is 0."""
+    E, n, _ = x.shape
+    near = torch.zeros((E, n), dtype=torch.bool, device=x.device)
+    if model.num_geometries == 0:
+        return near
+    kind = model.geo_kind.numpy()
+    ga, gb, gr = (torch.as_tensor(a.numpy(), dtype=x.dtype, device=x.device) for a in
+                  (model.geo_a, model.geo_b, model.geo_r))
+    half = 0.5 * float(model.contact_width)
+    for g in range(model.num_geometries):
+        if kind[g] == 0:  # plane: n . x - offset
+            dist = (x * ga[g]).sum(-1) - gr[g]
+        else:  # rounded box: inner box of half extents b - r, grown by r
+            q = (x - ga[g]).abs() - (gb[g] - gr[g])
+            outside = torch.linalg.vector_norm(q.clamp_min(0.0), dim=-1)
+            dist = torch.where(outside > 0, outside, q.max(-1).values) - gr[g]
+        near |= dist < half
+    return near
+
+
+class _StartupFunction(torch.autograd.Function):
+    """The BDF2 start-up of :meth:`TorchSimulator.initial_state` on torch tensors: forward = the
+    ``startup`` kernel (``Model.start_history``), backward = the vector-Jacobian product of
+    :func:`_startup_history`."""
+
+    @staticmethod
+    def forward(ctx, tsim, x, v):
+        m = tsim.model
+        st = State(m)
+        mask = wp.array(np.ones(m.num_envs, dtype=np.int32), dtype=wp.int32, device=m.device)
+        with tsim.stream_scope():
+            m.start_history(tsim._wp(x), tsim._wp(v), mask, st)
+        ctx.tsim = tsim
+        ctx.save_for_backward(x, v)
+        return tuple(wp.to_torch(a).clone() for a in st.arrays())
+
+    @staticmethod
+    def backward(ctx, gx, gv, gxp, gvp):
+        x, v = ctx.saved_tensors
+        with torch.enable_grad():
+            xg, vg = x.detach().requires_grad_(True), v.detach().requires_grad_(True)
+            xp, vp = _startup_history(ctx.tsim.model, xg, vg)
+            pairs = [(o, g) for o, g in ((xg, gx), (vg, gv), (xp, gxp), (vp, gvp)) if g is not None]
+            if not pairs:
+                return None, None, None
+            grads = torch.autograd.grad([o for o, _ in pairs], [xg, vg], [g for _, g in pairs], allow_unused=True)
+        return None, *grads

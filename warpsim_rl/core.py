@@ -40,10 +40,10 @@ from .tasks import Task
 __all__ = ["task_model", "StepCore", "Transition", "Trajectory"]
 
 
-def task_model(task: Task, num_envs: int, device="cpu", dtype="float32") -> Model:
+def task_model(task: Task, num_envs: int, device="cpu", dtype="float32", threads: int | None = None) -> Model:
     """The batched model of ``task``'s scene with the task's action limits as the kernel's
-    handle-velocity limits (m/s)."""
-    model = task.scene.build(num_envs=num_envs, device=device, dtype=dtype)
+    handle-velocity limits (m/s); ``threads``: CPU launch threads (``Model.threads``)."""
+    model = task.scene.build(num_envs=num_envs, device=device, dtype=dtype, threads=threads)
     lim = task.action_limits
     if not np.array_equal(lim, model.scene.velocity_limit.reshape(lim.shape)):
         model.velocity_limit.assign(wp.array(lim.astype(model.np_dtype), dtype=model.vec, device=model.device))
@@ -107,6 +107,8 @@ class StepCore:
         task: the :class:`~warpsim_rl.tasks.Task`.
         num_envs: ``E``.
         device: Warp/torch device name. dtype: ``"float32"`` or ``"float64"``.
+        threads: CPU threads launching the kernels on shards of the envs (default: the
+            available cores; ``warpsim_rl/shards.py``); results do not depend on it.
 
     Attributes:
         task, model, tsim (:class:`~warpsim_rl.autodiff.TorchSimulator`), sim
@@ -114,9 +116,9 @@ class StepCore:
         (torch), dtype (torch), limit ((h, dim) action limits, m/s).
     """
 
-    def __init__(self, task: Task, num_envs: int, device="cpu", dtype="float32"):
+    def __init__(self, task: Task, num_envs: int, device="cpu", dtype="float32", threads: int | None = None):
         self.task = task
-        self.model = task_model(task, num_envs, device, dtype)
+        self.model = task_model(task, num_envs, device, dtype, threads)
         self.tsim = TorchSimulator(self.model, check=False, zero_failed_grads=True)
         self._status = wp.to_torch(self.tsim.sim.status)
         self.sim = self.tsim.sim

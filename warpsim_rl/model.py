@@ -11,8 +11,12 @@ import warp as wp
 
 from .kernels.contact import GEOM_BOX, GEOM_PLANE
 from .kernels.data import kernel_structs
+from .shards import EnvShards, check_threads, default_threads, env_columns, env_rows
 from .scene import Scene, SceneError
 from .util import resolve_device, resolve_dtype, wp_vec_type
+
+#: the ModelData fields with one row per environment (sliced per shard)
+PER_ENV_DATA = frozenset({"rest_length", "contact_stiffness", "friction"})
 
 __all__ = ["Model", "State", "Control"]
 
@@ -65,6 +69,9 @@ class Model:
         environment. contact_width: smoothing width (m). contact_eps_v: friction smoothing
         velocity (m/s). has_friction: 1 if any geometry has friction > 0 (in any env).
         max_iters, tol, line_search_max: Newton settings (tol in m/s).
+        threads: CPU threads that launch the per-environment kernels, each on a contiguous shard
+            of the environments (``warpsim_rl/shards.py``; default: the cores available to the
+            process; always 1 on CUDA). Results are bitwise identical for every value.
         data: the ``ModelData`` struct the kernels take (``kernels/data.py``): references to
             the arrays above (all but ``mass`` and ``stiffness``, which are separate kernel
             arguments) and copies of the scalars, under the same names. Assigning one of those
@@ -76,13 +83,16 @@ class Model:
     def __setattr__(self, name, value):
         if name in self.__dict__.get("_data_fields", ()):
             setattr(self.data, name, value)  # keep the kernels' struct in step (a wrong type raises here)
+            for (e0, e1), shard in self.__dict__.get("_data_shards", {}).items():
+                setattr(shard, name, env_rows(value, e0, e1) if name in PER_ENV_DATA else value)
         super().__setattr__(name, value)
 
-    def __init__(self, scene: Scene, num_envs: int = 1, device=None, dtype="float32"):
+    def __init__(self, scene: Scene, num_envs: int = 1, device=None, dtype="float32", threads: int | None = None):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise SceneError(f"num_envs = {num_envs!r}: must be an integer >= 1")
         self.scene = scene
         self.device = resolve_device(device)
+        self.threads = check_threads(threads) or default_threads(self.device)
         self.dtype = resolve_dtype(dtype)
         self.np_dtype = np.float32 if self.dtype == wp.float32 else np.float64
         self.vec = wp_vec_type(scene.dim, self.dtype)
@@ -194,15 +204,57 @@ class Model:
 
     def start_history(self, x_new: wp.array, v_new: wp.array, mask: wp.array, state: "State") -> None:
         """Write ``x_new``/``v_new`` (E, n) vec and their BDF2 start-up history into ``state`` for
-        the envs with ``mask[e] != 0`` (see :meth:`State.reset`)."""
+        the envs with ``mask[e] != 0`` (see :meth:`State.reset`); one launch per shard."""
         from .kernels.bdf2 import bdf2_kernels
 
         scratch = self.__dict__.get("_startup_scratch")
         if scratch is None or scratch.H.shape[0] != self.num_dofs * (self.band + 1):
             scratch = self._startup_scratch = self.newton_scratch()
-        wp.launch(bdf2_kernels(self.dtype, self.dim, self.num_geometries > 0).startup, dim=self.num_envs,
-                  inputs=[self.data, self.mass, self.stiffness, x_new, v_new, mask, scratch],
-                  outputs=[self.state_data(state.arrays())], device=self.device)
+
+        def args(e0, e1):
+            return ([self.data_shard(e0, e1), env_rows(self.mass, e0, e1), env_rows(self.stiffness, e0, e1),
+                     env_rows(x_new, e0, e1), env_rows(v_new, e0, e1), env_rows(mask, e0, e1),
+                     self.scratch_shard(scratch, e0, e1)],
+                    [self.state_data([env_rows(a, e0, e1) for a in state.arrays()])])
+
+        shards = self.shards
+        if self.__dict__.get("_startup_site", (None,))[0] is not shards:
+            self._startup_site = (shards, shards.site())
+        shards.launch(bdf2_kernels(self.dtype, self.dim, self.num_geometries > 0).startup, args, self._startup_site[1])
+
+    # -- environment shards (warpsim_rl/shards.py) ----------------------------------------------
+    @property
+    def shards(self) -> EnvShards:
+        """The :class:`~warpsim_rl.shards.EnvShards` of ``threads`` (rebuilt when it changes)."""
+        shards = self.__dict__.get("_shards")
+        if shards is None or shards.requested != self.threads:
+            shards = self._shards = EnvShards(self.num_envs, check_threads(self.threads), self.device)
+            shards.requested = self.threads
+        return shards
+
+    def data_shard(self, e0: int, e1: int):
+        """The ``ModelData`` of environments ``[e0, e1)``: the per-env fields (``PER_ENV_DATA``)
+        as views, everything else shared; kept in step with the model like :attr:`data`."""
+        if (e0, e1) == (0, self.num_envs):
+            return self.data
+        shards = self.__dict__.setdefault("_data_shards", {})
+        shard = shards.get((e0, e1))
+        if shard is None:
+            shard = self._structs.ModelData()
+            for name in self._structs.ModelData.vars:
+                value = getattr(self, name)
+                setattr(shard, name, env_rows(value, e0, e1) if name in PER_ENV_DATA else value)
+            shards[(e0, e1)] = shard
+        return shard
+
+    def scratch_shard(self, scratch, e0: int, e1: int):
+        """A ``NewtonScratch`` of views of environments ``[e0, e1)`` of ``scratch``."""
+        if (e0, e1) == (0, self.num_envs):
+            return scratch
+        shard = self._structs.NewtonScratch()
+        for name in self._structs.NewtonScratch.vars:
+            setattr(shard, name, env_columns(getattr(scratch, name), e0, e1))
+        return shard
 
     def newton_scratch(self):
         """A fresh ``NewtonScratch`` struct for the kernels (``kernels/data.py``): the band
@@ -246,8 +298,11 @@ class Model:
     # -- states and controls -------------------------------------------------------------------
     def state(self, positions=None, velocities=None, requires_grad: bool = False) -> "State":
         """A fresh :class:`State`; ``positions``/``velocities`` (E, n, dim) or (n, dim) default to
-        the scene's initial values. The BDF2 history is set by constant-velocity extrapolation.
-        ``requires_grad`` allocates gradient buffers (for ``wp.Tape`` rollouts)."""
+        the scene's initial values. The BDF2 history is started from the forces at that state
+        (:meth:`State.reset`: ``x_prev = x - dt v + dt^2/2 a``, ``v_prev = v - dt a``, ``a = 0``
+        on particles touching geometry). ``requires_grad`` allocates gradient buffers (for
+        ``wp.Tape`` rollouts; gradients reach the state's four arrays, not through the start-up:
+        for ``d/d(x0, v0)`` use :meth:`warpsim_rl.autodiff.TorchSimulator.initial_state` with tensors)."""
         st = State(self, requires_grad=requires_grad)
         st.reset(positions, velocities)
         return st
@@ -279,7 +334,9 @@ class State:
         """Set positions/velocities (host data, (E, n, dim) or (n, dim)) for all envs, or for the
         envs where the boolean ``env_mask`` (E,) is true. Handles start at rest. The BDF2 history
         is started from the forces at that state (``kernels.bdf2`` ``startup``:
-        ``x_prev = x - dt v + dt^2/2 a``, ``v_prev = v - dt a``), one launch, no read-back."""
+        ``x_prev = x - dt v + dt^2/2 a``, ``v_prev = v - dt a``, with ``a`` the acceleration of the
+        spring, damping and gravity forces; ``a = 0`` on particles within half the contact width of
+        a plane or box), one launch, no read-back."""
         m = self.model
         shape = (m.num_envs, m.num_particles, m.dim)
         x = _broadcast_state(positions if positions is not None else m.scene.positions, shape, "positions", m.np_dtype)

@@ -11,8 +11,10 @@ the shipped scenes are y-up, 2D scenes live in the x–y plane.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import numbers
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -132,6 +134,8 @@ class Scene:
         contact: :class:`ContactSettings` (penalty stiffness, smoothing width, friction).
         solver: Newton settings.
         parameters: the parameters the scene was generated with (for procedural scenes).
+        description: one line (the TOML's ``scene.description``; "" when not given). Free text:
+            nothing reads it but listings (``python -m warpsim_rl.tasks``).
     """
 
     name: str
@@ -155,6 +159,7 @@ class Scene:
     contact: ContactSettings = ContactSettings()
     solver: SolverSettings = SolverSettings()
     parameters: dict = dataclasses.field(default_factory=dict)
+    description: str = ""
 
     @property
     def num_particles(self) -> int:
@@ -184,23 +189,38 @@ class Scene:
         except ValueError:
             raise SceneError(f"{self.name}: no particle named {name!r}") from None
 
-    def build(self, num_envs: int = 1, device=None, dtype="float32"):
-        """Batched :class:`~warpsim_rl.model.Model` of ``num_envs`` copies on ``device``."""
+    def build(self, num_envs: int = 1, device=None, dtype="float32", threads: int | None = None):
+        """Batched :class:`~warpsim_rl.model.Model` of ``num_envs`` copies on ``device``
+        (``threads``: CPU launch threads, default the available cores)."""
         from .model import Model
 
-        return Model(self, num_envs=num_envs, device=device, dtype=dtype)
+        return Model(self, num_envs=num_envs, device=device, dtype=dtype, threads=threads)
+
+
+def _is_number(v) -> bool:
+    """A real number that is not a bool (``True`` is an ``int`` to Python, not a coordinate)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def _vec(value: Any, dim: int, field: str, *, finite: bool = True) -> tuple[float, ...]:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SceneError(f"{field} = {value!r}: expected {dim} numbers") from None
-    if arr.shape != (dim,):
+    """``dim`` real numbers from a list, tuple or 1-D array. Every entry must itself be a number
+    (a string such as ``"-0.5"`` or a boolean is rejected, naming ``field[index]``, like the
+    scalar fields of :func:`_number`), and finite unless ``finite=False``."""
+    seq = value.tolist() if hasattr(value, "tolist") and not isinstance(value, (list, tuple)) else value
+    if not isinstance(seq, (list, tuple)):
+        raise SceneError(f"{field} = {value!r}: expected {dim} numbers")
+    if len(seq) != dim:
         raise SceneError(f"{field} = {value!r}: expected {dim} numbers for a {dim}D scene")
-    if finite and not np.all(np.isfinite(arr)):
-        raise SceneError(f"{field} = {value!r}: must be finite")
-    return tuple(float(v) for v in arr)
+    for i, v in enumerate(seq):
+        if not _is_number(v):
+            kind = "boolean" if isinstance(v, (bool, np.bool_)) else type(v).__name__
+            raise SceneError(f"{field}[{i}] = {v!r}: expected a number, got a {kind} ({field} = {value!r})")
+    out = tuple(float(v) for v in seq)
+    if finite:
+        for i, v in enumerate(out):
+            if not math.isfinite(v):
+                raise SceneError(f"{field} = {value!r}: must be finite ({field}[{i}] = {v!r})")
+    return out
 
 
 def _number(value: Any, field: str) -> float:
@@ -223,13 +243,17 @@ class SceneBuilder:
         scene = b.finalize()
     """
 
-    def __init__(self, name: str, dim: int, dt: float, gravity: Sequence[float] | None = None):
+    def __init__(self, name: str, dim: int, dt: float, gravity: Sequence[float] | None = None,
+                 description: str = ""):
         if dim not in (2, 3):
             raise SceneError(f"scene.dim = {dim!r}: must be 2 or 3")
         dt = _number(dt, "scene.dt")
         if dt <= 0.0:
             raise SceneError(f"scene.dt = {dt!r}: must be > 0")
+        if not isinstance(description, str):
+            raise SceneError(f"scene.description = {description!r}: expected a string")
         self.name = str(name)
+        self.description = description
         self.dim = int(dim)
         self.dt = dt
         if gravity is None:
@@ -594,6 +618,7 @@ class SceneBuilder:
             contact=self.contact,
             solver=self.solver,
             parameters=dict(self.parameters),
+            description=self.description,
         )
 
 
@@ -623,18 +648,43 @@ def scene_names() -> list[str]:
     return sorted(p.name[:-5] for p in _scene_dir().iterdir() if p.name.endswith(".toml"))
 
 
-def _substitute(value, params: dict, field: str):
-    """Replace ``"$name"`` strings by parameter values, recursively."""
+def _substitute(value, params: dict, field: str, used: set | None = None):
+    """Replace ``"$name"`` strings by parameter values, recursively; the names of the
+    parameters used are added to ``used``."""
     if isinstance(value, str) and value.startswith("$"):
         key = value[1:]
         if key not in params:
             raise SceneError(f"{field} = {value!r}: unknown parameter (known: {sorted(params)})")
+        if used is not None:
+            used.add(key)
         return params[key]
     if isinstance(value, list):
-        return [_substitute(v, params, f"{field}[{i}]") for i, v in enumerate(value)]
+        return [_substitute(v, params, f"{field}[{i}]", used) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _substitute(v, params, f"{field}.{k}") for k, v in value.items()}
+        return {k: _substitute(v, params, f"{field}.{k}" if field else k, used) for k, v in value.items()}
     return value
+
+
+@contextlib.contextmanager
+def _entry(name: str, refs: dict, params: dict, overrides: dict):
+    """Re-raise a :class:`SceneError` from the builder calls of TOML entry ``name`` (``"scene"``,
+    ``"chains[0]"``, ...) naming the ``"$parameters"`` that entry used: the overrides passed to
+    :func:`load_scene` among them, or else all of them (the builder names only the derived field,
+    e.g. ``particles[1].mass`` for a chain built from ``$particle_mass``)."""
+    try:
+        yield
+    except SceneError as e:
+        used = sorted(refs.get(name, ()))
+        given = [k for k in used if k in overrides]
+        if not used:
+            raise
+        if given:
+            why = ", ".join(f"{k} = {params[k]!r}" for k in given)
+            note = f"{name} uses the parameter override{'s' if len(given) > 1 else ''} {why}"
+        else:
+            why = ", ".join(f"{k} = {params[k]!r}" for k in used)
+            note = f"{name} uses [parameters] {why}"
+        raise SceneError(f"{e} ({note})") from None
 
 
 def _check_keys(table: dict, allowed: set, field: str):
@@ -667,65 +717,95 @@ def _scene_from_dict(data: dict, **overrides) -> Scene:
     if unknown:
         raise SceneError(f"parameters: unknown override(s) {sorted(unknown)} (known: {sorted(params)})")
     params.update(overrides)
-    data = _substitute({k: v for k, v in data.items() if k != "parameters"}, params, "")
+    # substitute "$name" per entry, recording which parameters each entry uses (error messages)
+    refs: dict[str, set] = {}
+    subst = {}
+    for key, val in data.items():
+        if key == "parameters":
+            continue
+        if isinstance(val, list):
+            subst[key] = []
+            for i, item in enumerate(val):
+                refs[f"{key}[{i}]"] = used = set()
+                subst[key].append(_substitute(item, params, f"{key}[{i}]", used))
+        else:
+            refs[key] = used = set()
+            subst[key] = _substitute(val, params, key, used)
+    data = subst
+
+    def entry(name):
+        return _entry(name, refs, params, overrides)
 
     sc = data.get("scene")
     if sc is None:
         raise SceneError("[scene]: missing table")
     _check_keys(sc, _SCENE_KEYS, "scene")
-    b = SceneBuilder(_require(sc, "name", "scene"), dim=_require(sc, "dim", "scene"),
-                     dt=_require(sc, "dt", "scene"), gravity=sc.get("gravity"))
+    with entry("scene"):
+        b = SceneBuilder(_require(sc, "name", "scene"), dim=_require(sc, "dim", "scene"),
+                         dt=_require(sc, "dt", "scene"), gravity=sc.get("gravity"),
+                         description=sc.get("description", ""))
     b.parameters = params
     if "solver" in data:
         _check_keys(data["solver"], {"max_iters", "tol", "line_search_max"}, "solver")
-        b.set_solver(**data["solver"])
+        with entry("solver"):
+            b.set_solver(**data["solver"])
     if "contact" in data:
         _check_keys(data["contact"], _CONTACT_KEYS, "contact")
-        b.set_contact(**data["contact"])
+        with entry("contact"):
+            b.set_contact(**data["contact"])
     for i, p in enumerate(data.get("particles", [])):
         f = f"particles[{i}]"
         _check_keys(p, _PARTICLE_KEYS, f)
         if not isinstance(p.get("handle", False), bool):
             raise SceneError(f"{f}.handle = {p['handle']!r}: expected true or false")
-        if p.get("handle", False):
-            for bad in ("mass", "velocity"):
-                if bad in p:
-                    raise SceneError(f"{f}.{bad}: a handle is kinematic and takes no {bad}")
-            b.add_handle(_require(p, "position", f), _require(p, "velocity_limit", f), name=p.get("name", ""))
-        else:
-            if "velocity_limit" in p:
-                raise SceneError(f"{f}.velocity_limit: only handles (handle = true) take a velocity limit")
-            b.add_particle(_require(p, "position", f), _require(p, "mass", f), p.get("velocity"), name=p.get("name", ""))
+        with entry(f):
+            if p.get("handle", False):
+                for bad in ("mass", "velocity"):
+                    if bad in p:
+                        raise SceneError(f"{f}.{bad}: a handle is kinematic and takes no {bad}")
+                b.add_handle(_require(p, "position", f), _require(p, "velocity_limit", f), name=p.get("name", ""))
+            else:
+                if "velocity_limit" in p:
+                    raise SceneError(f"{f}.velocity_limit: only handles (handle = true) take a velocity limit")
+                b.add_particle(_require(p, "position", f), _require(p, "mass", f), p.get("velocity"),
+                               name=p.get("name", ""))
     for i, gr in enumerate(data.get("grids", [])):
         f = f"grids[{i}]"
         _check_keys(gr, _GRID_KEYS, f)
         opt = {k: gr[k] for k in ("shear_stiffness", "bend_stiffness", "damping", "kind", "handles", "handle_names",
                                   "velocity_limit", "anchor", "spacing") if k in gr}
-        b.add_grid(_require(gr, "origin", f), _require(gr, "rows", f), _require(gr, "cols", f),
-                   _require(gr, "col_step", f), _require(gr, "row_step", f), _require(gr, "mass", f),
-                   _require(gr, "stiffness", f), name=gr.get("name", f"grid{i}"), **opt)
+        with entry(f):
+            b.add_grid(_require(gr, "origin", f), _require(gr, "rows", f), _require(gr, "cols", f),
+                       _require(gr, "col_step", f), _require(gr, "row_step", f), _require(gr, "mass", f),
+                       _require(gr, "stiffness", f), name=gr.get("name", f"grid{i}"), **opt)
     for i, c in enumerate(data.get("chains", [])):
         f = f"chains[{i}]"
         _check_keys(c, _CHAIN_KEYS, f)
-        b.add_chain(_require(c, "start", f), _require(c, "end", f), _require(c, "segments", f),
-                    _require(c, "mass", f), _require(c, "stiffness", f), c.get("damping", 0.0),
-                    c.get("kind", "bilateral"), name=c.get("name", f"chain{i}_"))
+        with entry(f):
+            b.add_chain(_require(c, "start", f), _require(c, "end", f), _require(c, "segments", f),
+                        _require(c, "mass", f), _require(c, "stiffness", f), c.get("damping", 0.0),
+                        c.get("kind", "bilateral"), name=c.get("name", f"chain{i}_"))
     for i, s in enumerate(data.get("springs", [])):
         f = f"springs[{i}]"
         _check_keys(s, _SPRING_KEYS, f)
         ends = _require(s, "particles", f)
         if not isinstance(ends, list) or len(ends) != 2:
             raise SceneError(f"{f}.particles = {ends!r}: expected two particle indices or names")
-        b.add_spring(ends[0], ends[1], _require(s, "stiffness", f), s.get("rest_length"),
-                     s.get("damping", 0.0), s.get("kind", "bilateral"))
+        with entry(f):
+            b.add_spring(ends[0], ends[1], _require(s, "stiffness", f), s.get("rest_length"),
+                         s.get("damping", 0.0), s.get("kind", "bilateral"))
     for i, p in enumerate(data.get("planes", [])):
-        _check_keys(p, _PLANE_KEYS, f"planes[{i}]")
-        b.add_plane(_require(p, "normal", f"planes[{i}]"), p.get("offset"), p.get("point"), p.get("stiffness"),
-                    p.get("friction"))
+        f = f"planes[{i}]"
+        _check_keys(p, _PLANE_KEYS, f)
+        with entry(f):
+            b.add_plane(_require(p, "normal", f), p.get("offset"), p.get("point"), p.get("stiffness"),
+                        p.get("friction"))
     for i, bx in enumerate(data.get("boxes", [])):
-        _check_keys(bx, _BOX_KEYS, f"boxes[{i}]")
-        b.add_box(_require(bx, "center", f"boxes[{i}]"), _require(bx, "half_extents", f"boxes[{i}]"),
-                  bx.get("radius", 0.0), bx.get("stiffness"), bx.get("friction"))
+        f = f"boxes[{i}]"
+        _check_keys(bx, _BOX_KEYS, f)
+        with entry(f):
+            b.add_box(_require(bx, "center", f), _require(bx, "half_extents", f), bx.get("radius", 0.0),
+                      bx.get("stiffness"), bx.get("friction"))
     return b.finalize()
 
 

@@ -3,11 +3,14 @@ implicit BDF2 step per launch, and reports per-environment convergence."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import warp as wp
 
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK, bdf2_kernels
 from .model import Control, Model, State, scratch_array  # noqa: F401 (scratch_array: re-exported)
+from .shards import env_rows
 
 __all__ = ["Simulator", "SimulationError", "ActionError"]
 
@@ -125,30 +128,53 @@ class Simulator:
         stiffness = m.stiffness if stiffness is None else stiffness
         mass = m.mass if mass is None else mass
         arrays = (*arrays_in, action, *arrays_out, stiffness, mass)
-        key = tuple(id(a) for a in arrays)
+        shards = m.shards
+        site = self._site(shards)
+        k = site.variant()
+        bounds = shards.whole if k == 1 else shards.bounds
+        key = (k, shards.threads, *(id(a) for a in arrays))
         entry = self._launches.get(key) if cache else None
         if entry is None:
-            # m.data is passed by reference: a replayed launch sees later changes of the model's
-            # scalars (model.tol = ...) as a fresh one does
-            cmd = wp.launch(
-                self.kernels.bdf2_step,
-                dim=m.num_envs,
-                inputs=[m.data, mass, stiffness, m.state_data(arrays_in), action, self._scratch, self.step_count],
-                outputs=[m.state_data(arrays_out), self.status, self.iterations, self.residual,
-                         self.first_failure_step, self.first_failure_status],
-                device=m.device,
-                record_cmd=True,
-            )
+            scratch = self._scratch_shards(shards)
+
+            # m.data (and its shards) are passed by reference: a replayed launch sees later
+            # changes of the model's scalars (model.tol = ...) as a fresh one does
+            def args(e0, e1):
+                return ([m.data_shard(e0, e1), env_rows(mass, e0, e1), env_rows(stiffness, e0, e1),
+                         m.state_data([env_rows(a, e0, e1) for a in arrays_in]), env_rows(action, e0, e1),
+                         scratch[(e0, e1)], self.step_count],
+                        [m.state_data([env_rows(a, e0, e1) for a in arrays_out]),
+                         *(env_rows(a, e0, e1) for a in (self.status, self.iterations, self.residual,
+                                                          self.first_failure_step, self.first_failure_status))])
+
+            cmds = shards.record(self.kernels.bdf2_step, args, bounds)
             if cache:
-                if len(self._launches) >= 8:
+                if len(self._launches) >= 16:
                     self._launches.pop(next(iter(self._launches)))
                 # the entry keeps the arrays alive, so their ids cannot be reused while cached
-                self._launches[key] = (cmd, arrays)
+                self._launches[key] = (cmds, arrays)
         else:
-            cmd = entry[0]
-        cmd.set_param_by_name("step_index", self.step_count)
-        cmd.launch()
+            cmds = entry[0]
+        for cmd in cmds:
+            cmd.set_param_by_name("step_index", self.step_count)
+        t0 = time.perf_counter()
+        shards.run([cmd.launch for cmd in cmds])
+        site.record(k, time.perf_counter() - t0)
         self.step_count += 1
+
+    def _site(self, shards):
+        """The :class:`~warpsim_rl.shards.LaunchSite` of this simulator's step for ``shards``."""
+        if getattr(self, "_step_site", (None,))[0] is not shards:
+            self._step_site = (shards, shards.site())
+        return self._step_site[1]
+
+    def _scratch_shards(self, shards) -> dict:
+        """The Newton scratch views of every shard and of the whole batch (built once per shard
+        layout)."""
+        if getattr(self, "_scratch_views", (None,))[0] is not shards:
+            self._scratch_views = (shards, {b: self.model.scratch_shard(self._scratch, *b)
+                                            for b in shards.bounds + shards.whole})
+        return self._scratch_views[1]
 
     def clear_failures(self) -> None:
         """Forget recorded failures (e.g. after resetting the failed envs)."""

@@ -17,8 +17,19 @@ holds run fields at the top and the algorithm's in an ``[algo]`` table::
     name = "pods2"
     line_search = 8
 
-Outputs (metrics.csv, TensorBoard logs, learning_curve.png, checkpoint.pt, results.json,
-eval.usdc) go to ``--out`` (default ``runs/<env>-<algo>-s<seed>``); see ``warpsim_rl/training.py``.
+Outputs (config.json, metrics.csv, TensorBoard logs in tb/, learning_curve.png, checkpoint.pt,
+results.json, eval.usdc) go to ``--out`` (default ``runs/<env>-<algo>-s<seed>``); see
+``warpsim_rl/training.py``. results.json holds the final test-bed evaluation, the untrained
+policy's ("untrained", epoch 0), the learning curve ("curve") and the training time (the whole
+run, and this session's part after a resume).
+
+A folder that already holds a run is refused: continue it with ``--resume``, or pass
+``--overwrite`` to delete its run files (tb/, metrics.csv, checkpoint.pt, results.json,
+config.json, learning_curve.png, eval.usdc; nothing else) and start again.
+
+Ctrl-C stops the run with one line — the epoch it interrupted, the epoch the checkpoint holds,
+the ``--resume`` command — and exit status 130. A run interrupted before its first checkpoint
+resumes from its config.json (from epoch 0). Errors exit with status 2.
 """
 
 from __future__ import annotations
@@ -91,8 +102,14 @@ def _parser(algo: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file: run fields at the top, algorithm fields in an [algo] table")
     p.add_argument("--resume", help="run folder or checkpoint.pt to continue with its own configuration "
-                                    "(only --epochs may change)")
+                                    "(only --epochs and --threads may change), in that folder; a run stopped "
+                                    "before its first checkpoint starts again from its config.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--list", action="store_true", help="list every task and scene (sizes, horizon, dt) and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the output folder: delete its tb/, metrics.csv, "
+                        "checkpoint.pt, results.json, config.json, learning_curve.png and eval.usdc "
+                        "(nothing else) first; without it such a folder is refused")
     from .algos import algo_config, fixed_fields
 
     _add_fields(p.add_argument_group("run options"), RunConfig())
@@ -155,34 +172,54 @@ def configs_from_args(argv=None):
 
 
 def _resume_args(argv) -> argparse.Namespace:
-    """``--resume`` with at most ``--epochs`` and ``--no-progress``; ValueError naming any other flag
-    (the run continues with its own configuration)."""
+    """``--resume`` with at most ``--epochs``, ``--threads`` (changes no number) and
+    ``--no-progress``; ValueError naming any other flag (the run continues with its own
+    configuration)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--resume")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
     args, rest = p.parse_known_args(argv)
+    if args.overwrite:
+        raise ValueError("--resume continues the run in its folder; --overwrite would delete it (drop one of them)")
     if rest:
         raise ValueError(f"--resume continues the run with its own configuration; {' '.join(rest)} cannot "
-                         f"change it (only --epochs can)")
+                         f"change it (only --epochs and --threads can)")
     return args
 
 
 def main(argv=None) -> int:
+    """``train.py``: 0 on success, 2 on an error (one ``error:`` line), 130 on Ctrl-C (one line
+    saying where the run stopped and how to resume it)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    from .training import CheckpointError, train
+    if "--list" in argv and not {"-h", "--help"} & set(argv):
+        from .tasks import describe_tasks, format_task_rows
 
+        print(format_task_rows(describe_tasks()))
+        return 0
     resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv) and not {"-h", "--help"} & set(argv)
     try:
-        if resuming:
-            args = _resume_args(argv)
-            results = train(None, resume=args.resume, epochs=args.epochs, progress=not args.no_progress)
-        else:
-            args, run, cfg = configs_from_args(argv)
-            results = train(run, cfg, progress=not args.no_progress)
-    except (ValueError, CheckpointError, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        from .training import CheckpointError, TrainingInterrupted, train
+
+        try:
+            if resuming:
+                args = _resume_args(argv)
+                results = train(None, resume=args.resume, epochs=args.epochs, progress=not args.no_progress,
+                                threads=args.threads)
+            else:
+                args, run, cfg = configs_from_args(argv)
+                results = train(run, cfg, progress=not args.no_progress, overwrite=args.overwrite)
+        except (ValueError, CheckpointError, PermissionError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except TrainingInterrupted as e:
+            print(e, file=sys.stderr)
+            return 130
+    except KeyboardInterrupt:
+        print("interrupted before the run started; run the same command again to start it", file=sys.stderr)
+        return 130
     print(json.dumps(results, indent=2))
     return 0
 

@@ -23,8 +23,10 @@ time code ``T``, default prim ``/World``. 2D scenes are embedded in the x–y pl
 
 Entry points:
     :func:`record_rollout` runs the simulator (random, given or policy actions);
+    :func:`record_policy_rollout` runs a training checkpoint's policy on its task's test bed;
     :func:`export_rollout` writes positions as USD; :func:`check_compliance` runs usd-core's
-    checker; ``python -m warpsim_rl.usd --scene NAME --envs E --steps T --out FILE`` does it all.
+    checker; ``python -m warpsim_rl.usd --scene NAME --envs E --steps T --out FILE`` (or
+    ``--policy RUN_OR_CHECKPOINT --out FILE``) does it all.
 
 Files are written atomically: the stage goes to a temporary file in the target directory that is
 renamed over ``path`` only when complete; on any error no file (partial or temporary) remains.
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -56,6 +57,7 @@ from .viz.geometry import (BOX_COLOR, CLOTH_COLOR, HANDLE_COLOR, PARTICLE_COLOR,
 __all__ = [
     "Rollout",
     "record_rollout",
+    "record_policy_rollout",
     "spring_tensions",
     "export_rollout",
     "check_compliance",
@@ -84,6 +86,8 @@ class Rollout:
         actions: (T, E, h, dim) float64 handle velocities applied (clipped to the limits), m/s.
         tensions: (T+1, E, m) float64 elastic spring tensions in N (see :func:`spring_tensions`).
         dt: time between frames in s.
+        metadata: where the rollout came from (:func:`record_policy_rollout`: env, algo, seed,
+            epoch, ...), for the USD file's ``customLayerData``.
     """
 
     scene: Scene
@@ -91,6 +95,7 @@ class Rollout:
     actions: np.ndarray
     tensions: np.ndarray
     dt: float
+    metadata: dict = dataclasses.field(default_factory=dict)
 
     @property
     def frames(self) -> int:
@@ -207,6 +212,45 @@ def record_rollout(scene, envs: int = 1, steps: int | None = None, actions=None,
     if check:
         sim.check()
     return Rollout(sc, positions, applied, spring_tensions(sc, positions), float(sc.dt))
+
+
+def record_policy_rollout(checkpoint, envs: int = 4, steps: int | None = None, *, device="cpu",
+                          dtype: str | None = None) -> Rollout:
+    """Roll out the trained policy of a training checkpoint (``checkpoint.pt`` or its run folder)
+    on the task it was trained on, from the first ``envs`` initial states of the task's fixed test
+    bed, for ``steps`` steps (default: the task's horizon as trained) — the rollouts the run's
+    test-bed evaluation and its ``eval.usdc`` show, through the same step core (the task's action
+    limits, frozen failed envs).
+
+    ``dtype`` defaults to the run's. Returns a :class:`Rollout` of the task's scene whose
+    ``metadata`` names the env, algorithm, seed, epoch and checkpoint; an env whose implicit solve
+    failed is held at its last valid state (``metadata["diverged"]`` counts them). Raises
+    :class:`~warpsim_rl.training.CheckpointError` for a missing or unreadable checkpoint and
+    ``ValueError`` for bad ``envs`` / ``steps``."""
+    import torch
+
+    from .core import StepCore
+    from .training import load_policy
+
+    task, run, policy, epoch = load_policy(checkpoint, device=device, dtype=dtype)
+    if isinstance(envs, bool) or not isinstance(envs, (int, np.integer)) or not 1 <= envs <= task.test_bed_size:
+        raise ValueError(f"envs = {envs!r}: must be an integer in [1, {task.test_bed_size}] (the test bed "
+                         f"of {run.env!r} has {task.test_bed_size} initial states)")
+    steps = task.horizon if steps is None else steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps = {steps!r}: must be an integer >= 1")
+    pos, vel = task.test_bed()
+    E = int(envs)
+    core = StepCore(task, E, run.device, run.dtype)
+    with torch.no_grad():
+        traj = core.rollout(policy, core.initial_state(pos[:E], vel[:E]), int(steps))
+    positions = np.stack([st[0].detach().cpu().numpy() for st in traj.states]).astype(np.float64)
+    actions = traj.actions.detach().cpu().numpy().astype(np.float64).reshape(int(steps), E, task.num_handles,
+                                                                              task.dim)
+    sc = task.scene
+    meta = {"env": run.env, "algo": run.algo, "seed": run.seed, "epoch": epoch, "actions": "policy",
+            "initial_states": "test bed", "policy": str(checkpoint), "diverged": int(traj.failed.sum())}
+    return Rollout(sc, positions, actions, spring_tensions(sc, positions), float(task.dt), meta)
 
 
 # ------------------------------------------------------------------------------------------
@@ -666,42 +710,34 @@ def check_compliance(path) -> tuple[list[str], list[str]]:
 # Command line
 # ------------------------------------------------------------------------------------------
 
-def load_policy(checkpoint, scene: Scene, device="cpu"):
-    """A callable ``policy(t, x, v) -> actions`` from a training checkpoint, via
-    ``warpsim_rl.policy.load_policy(checkpoint, scene=..., device=...)``. Until the training
-    module exists this raises a clear ``RuntimeError``."""
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"--policy {str(checkpoint)!r}: no such checkpoint file")
-    try:
-        mod = importlib.import_module("warpsim_rl.policy")
-    except ModuleNotFoundError as e:
-        if e.name not in ("warpsim_rl.policy",):
-            raise
-        raise RuntimeError("--policy: exporting a trained policy needs warpsim_rl.policy, which arrives with "
-                           "the PODS/training issue; export random or given actions until then") from None
-    if not hasattr(mod, "load_policy"):
-        raise RuntimeError("--policy: warpsim_rl.policy has no load_policy(checkpoint, scene=, device=)")
-    return mod.load_policy(checkpoint, scene=scene, device=device)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m warpsim_rl.usd",
-        description="Export a rollout of a scene as time-sampled USD (random actions within the "
-                    "handle limits unless --policy is given). See docs/usd.md.")
-    p.add_argument("--scene", help=f"scene name ({', '.join(scene_names())}) or TOML path")
+        description="Export a rollout of a scene as time-sampled USD: random actions within the "
+                    "handle limits, or, with --policy, a trained policy on its task's test bed. "
+                    "See docs/usd.md.")
+    p.add_argument("--scene", help=f"scene name ({', '.join(scene_names())}) or TOML path; with --policy "
+                                   f"optional (the checkpoint names its task) and, if given, it must be "
+                                   f"the task's scene")
     p.add_argument("--envs", type=int, default=None,
-                   help="environments, laid out in a grid (default 4; 64 with --bench)")
-    p.add_argument("--steps", type=int, default=100, help="simulated steps; frames = steps + 1 (default 100)")
+                   help="environments, laid out in a grid (default 4; 64 with --bench); with --policy "
+                        "the first ENVS initial states of the test bed")
+    p.add_argument("--steps", type=int, default=None,
+                   help="simulated steps; frames = steps + 1 (default 100; with --policy the task's "
+                        "horizon as trained)")
     p.add_argument("--out", help="output file: .usda (text), .usdc or .usd (binary)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random actions")
-    p.add_argument("--hold", type=int, default=10, help="random actions are redrawn every HOLD steps (default 10)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--seed", type=int, default=None, help="seed of the random actions (default 0)")
+    p.add_argument("--hold", type=int, default=None,
+                   help="random actions are redrawn every HOLD steps (default 10)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="simulation precision (default float32; with --policy the run's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="scene parameter override, e.g. num_particles=20 (repeatable)")
     p.add_argument("--spacing", type=float, default=None, help="grid spacing in m (default: from the rollout)")
-    p.add_argument("--policy", metavar="CHECKPOINT", help="act with a trained policy instead of random actions")
+    p.add_argument("--policy", metavar="CHECKPOINT",
+                   help="act with the trained policy of a train.py run (its checkpoint.pt or its run "
+                        "folder): the task it was trained on, from the test bed's initial states")
     p.add_argument("--png", metavar="PATH", help="also render a matplotlib preview (x-y projection)")
     p.add_argument("--check", action="store_true", help="run the USD compliance checker on the file")
     p.add_argument("--bench", action="store_true",
@@ -713,12 +749,12 @@ def main(argv=None) -> int:
     if args.bench:
         from .bench.usd import bench_export
 
-        res = bench_export(envs=args.envs or 64, frames=args.steps,
+        res = bench_export(envs=args.envs or 64, frames=100 if args.steps is None else args.steps,
                            scene=args.scene or "rope3d", suffix=Path(args.out).suffix if args.out else ".usdc")
         print(json.dumps(res))
         return 0
-    if not args.scene or not args.out:
-        p.error("--scene and --out are required (unless --bench)")
+    if not args.out or not (args.scene or args.policy):
+        p.error("--out and --scene (or --policy) are required (unless --bench)")
     try:
         # fail now, not after the simulation, if an output cannot be written
         out = probe_writable(_check_output_path(args.out))
@@ -726,17 +762,33 @@ def main(argv=None) -> int:
             if Path(args.png).suffix.lower() != ".png":
                 raise ValueError(f"--png {args.png!r}: the file must end in .png")
             probe_writable(args.png)
-        sc = load_scene(args.scene, **parse_params(args.param))
-        actions = load_policy(args.policy, sc, args.device) if args.policy else None
         t0 = time.perf_counter()
-        ro = record_rollout(sc, args.envs or 4, args.steps, actions, seed=args.seed, device=args.device,
-                            dtype=args.dtype, action_hold=args.hold)
+        if args.policy:
+            random_only = [f for f, v in (("--seed", args.seed), ("--hold", args.hold),
+                                          ("--param", args.param or None)) if v is not None]
+            if random_only:
+                raise ValueError(f"--policy: {', '.join(random_only)} shape random actions or the scene; a "
+                                 f"policy rollout starts from the task's test bed in the scene it was trained "
+                                 f"in (drop {', '.join(random_only)})")
+            ro = _policy_rollout(args)
+            sc = ro.scene
+            metadata = ro.metadata
+        else:
+            sc = load_scene(args.scene, **parse_params(args.param))
+            seed = 0 if args.seed is None else args.seed
+            ro = record_rollout(sc, args.envs or 4, 100 if args.steps is None else args.steps, None, seed=seed,
+                                device=args.device, dtype=args.dtype or "float32",
+                                action_hold=10 if args.hold is None else args.hold)
+            metadata = {"seed": seed, "actions": "random", "policy": ""}
         t1 = time.perf_counter()
-        export_rollout(sc, ro.positions, out, env_spacing=args.spacing, tensions=ro.tensions,
-                       metadata={"seed": args.seed, "actions": "policy" if args.policy else "random",
-                                 "policy": str(args.policy or "")})
+        export_rollout(sc, ro.positions, out, dt=ro.dt, env_spacing=args.spacing, tensions=ro.tensions,
+                       metadata=metadata)
         t2 = time.perf_counter()
-        print(f"wrote {out} ({sc.name}: {ro.envs} envs, {ro.frames} frames, dt {ro.dt} s; "
+        source = (f"policy of {metadata['env']} ({metadata['algo']}, seed {metadata['seed']}, epoch "
+                  f"{metadata['epoch']}), test-bed initial states"
+                  + (f", {metadata['diverged']} env(s) diverged" if metadata["diverged"] else "")
+                  if args.policy else "random actions")
+        print(f"wrote {out} ({sc.name}: {ro.envs} envs, {ro.frames} frames, dt {ro.dt} s, {source}; "
               f"simulate {t1 - t0:.2f} s, export {t2 - t1:.2f} s)")
         if args.png:
             from .viz.preview import render_preview
@@ -756,6 +808,25 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _policy_rollout(args) -> Rollout:
+    """``--policy``: the checkpoint's policy on its task; ``--scene``, if given, must be its scene."""
+    from .training import load_checkpoint
+
+    path = Path(args.policy)
+    if not path.exists():
+        raise FileNotFoundError(f"--policy {args.policy!r}: no such checkpoint file or run folder")
+    if args.scene:
+        run = load_checkpoint(path, what="--policy")["config"]["run"]
+        from .tasks import make_task
+
+        scene_name = make_task(run["env"]).scene_name
+        if args.scene != scene_name:
+            raise ValueError(f"--scene {args.scene!r} does not match the policy: {args.policy!r} was trained "
+                             f"on task {run['env']!r}, whose scene is {scene_name!r}; pass --scene "
+                             f"{scene_name} or leave --scene out")
+    return record_policy_rollout(path, args.envs or 4, args.steps, device=args.device, dtype=args.dtype)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ class Algorithm:
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
         self.task, self.run, self.cfg = task, run, cfg
-        self.core = StepCore(task, run.num_envs, run.device, run.dtype)
+        self.core = StepCore(task, run.num_envs, run.device, run.dtype, run.threads)
         self.device, self.dtype = self.core.device, self.core.dtype
         self.modules: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}

@@ -17,7 +17,9 @@ import functools
 import inspect
 import math
 import textwrap
+from pathlib import PurePath
 
+from ..shards import check_threads
 from .schedules import LR_SCHEDULES
 
 __all__ = ["RunConfig", "AlgoConfig", "field_docs", "check_int", "check_positive", "check_choice", "check_bool",
@@ -79,7 +81,8 @@ class RunConfig:
     """What every training run has, whatever the algorithm."""
 
     env: str = "pendulum2d-stop"
-    """registered task name (see docs/envs.md)"""
+    """registered task name (python -m warpsim_rl.tasks lists them; docs/envs.md), or PATH.toml:stop /
+    PATH.toml:stop-origin for a scene file (docs/scenes.md)"""
     algo: str = "pods2"
     """algorithm (see docs/algorithms.md); its own options are listed under 'algorithm options'"""
     num_envs: int = 256
@@ -100,12 +103,16 @@ class RunConfig:
     """epochs between test-bed evaluations (0: only at the end)"""
     usd_envs: int = 16
     """test-bed rollouts exported to eval.usdc at the end (0: none)"""
+    threads: int | None = None
+    """CPU threads launching the simulator on shards of the envs (default: the available cores; 1 on
+    CUDA); results do not depend on it"""
 
     def __post_init__(self):
-        from ..tasks import task_names
+        from ..tasks import task_name_problem
 
-        if self.env not in task_names():
-            raise ValueError(f"env = {self.env!r}: unknown; valid environments: {task_names()}")
+        problem = task_name_problem(self.env)  # a registered name, or '<path>.toml:<kind>' (file checked)
+        if problem is not None:
+            raise ValueError(f"env = {self.env!r}: {problem}")
         check_int("num_envs", self.num_envs, 1)
         check_int("epochs", self.epochs, 1)
         check_int("seed", self.seed, 0)
@@ -114,6 +121,7 @@ class RunConfig:
         if self.horizon is not None:
             check_int("horizon", self.horizon, 1)
         check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_threads(self.threads)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device = {self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
         if self.out is not None and (not isinstance(self.out, str) or not self.out):
@@ -123,8 +131,15 @@ class RunConfig:
 
     @property
     def out_dir(self) -> str:
-        """The output folder: ``out`` or ``runs/<env>-<algo>-s<seed>``."""
-        return self.out or f"runs/{self.env}-{self.algo}-s{self.seed}"
+        """The output folder: ``out`` or ``runs/<env>-<algo>-s<seed>`` (for a custom scene
+        ``path/to/crane.toml:stop``, ``<env>`` is ``crane-stop``)."""
+        if self.out:
+            return self.out
+        env = self.env
+        if ":" in env:
+            path, kind = env.rsplit(":", 1)
+            env = f"{PurePath(path).stem}-{kind}"
+        return f"runs/{env}-{self.algo}-s{self.seed}"
 
 
 @dataclasses.dataclass

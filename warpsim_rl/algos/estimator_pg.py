@@ -139,8 +139,9 @@ class EstimatorPG(Algorithm):
         super().__init__(task, run, cfg)
         self.method = cfg.method
         B, K = run.num_envs, cfg.samples
-        self.fo_core = StepCore(task, B * K, run.device, run.dtype) if self.method != "zobg" else None
-        self.zo_core = StepCore(task, B * (K + 1), run.device, run.dtype) if self.method != "fobg" else None
+        self.fo_core = StepCore(task, B * K, run.device, run.dtype, run.threads) if self.method != "zobg" else None
+        self.zo_core = StepCore(task, B * (K + 1), run.device, run.dtype, run.threads) if self.method != "fobg" \
+            else None
         self.num_params = sum(p.numel() for p in self.policy.parameters())
         self.optimizer = self.register_optimizer("policy", self.policy.parameters())
 

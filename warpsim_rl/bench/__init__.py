@@ -15,8 +15,12 @@ Subcommands (module):
     contact     Newton statistics of the cloth on the table, cables vs bilateral springs
                 (warpsim_rl.bench.contact).
 
+Every subcommand shows its progress on stderr (a tqdm bar; --quiet: none) and prints its result
+on stdout (--json: one JSON object, nothing else). The default sizes keep each invocation of the
+README under 2 minutes on a 2-core CPU VM whose other core is idle (README, Benchmarks: sizes
+and times); larger runs take --envs, --steps, --repeats.
 Timings exclude kernel compilation (one warm-up first) and synchronise the device before the
-clock stops; shared helpers (machine information, timing, output) are in
+clock stops; shared helpers (machine information, timing, progress, output) are in
 warpsim_rl.bench.common. The CPU backend of Warp runs kernels on one core.
 """
 

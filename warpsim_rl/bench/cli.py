@@ -1,5 +1,9 @@
 """The command line of the benchmarks: one subcommand per benchmark (:mod:`warpsim_rl.bench`).
-The benchmark modules are imported only when their subcommand runs."""
+The benchmark modules are imported only when their subcommand runs. Every subcommand shows its
+progress on stderr (``--quiet``: none) and prints its result on stdout (``--json``: one JSON
+object, nothing else). Options shared by several subcommands are defined once: :func:`_common`
+(sizes, device, output) and :func:`_simulator_options` / :func:`_simulator_kwargs` (the
+simulator benchmarks ``throughput`` and ``gradients``)."""
 
 from __future__ import annotations
 
@@ -15,18 +19,39 @@ _DTYPES = ["float32", "float64"]
 
 def _common(p: argparse.ArgumentParser, envs: int | None = None, steps: int | None = None,
             repeats: int | None = None, device: bool = True) -> argparse.ArgumentParser:
-    """The options most subcommands share."""
+    """The options most subcommands share (``--json`` and ``--quiet`` on every one)."""
     if envs is not None:
-        p.add_argument("--envs", type=int, default=envs)
+        p.add_argument("--envs", type=int, default=envs, help=f"environments (default {envs})")
     if steps is not None:
-        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--steps", type=int, default=steps, help=f"steps per pass (default {steps})")
     if device:
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--device", default="cpu", help="Warp device (default cpu)")
         p.add_argument("--dtype", default="float32", choices=_DTYPES)
     if repeats is not None:
-        p.add_argument("--repeats", type=int, default=repeats, help="timed passes; the median is reported")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--repeats", type=int, default=repeats,
+                       help=f"timed passes; the median is reported (default {repeats})")
+    p.add_argument("--json", action="store_true", help="print one JSON object (stdout carries nothing else)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     return p
+
+
+def _simulator_options(p: argparse.ArgumentParser, envs: int, steps: int, repeats: int) -> argparse.ArgumentParser:
+    """The options of the simulator benchmarks (``throughput``, ``gradients``), read back by
+    :func:`_simulator_kwargs`: add an option of both here and there."""
+    p.add_argument("--scene", required=True)
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="scene parameter override, e.g. num_particles=20")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads launching shards of the envs (default: the available cores)")
+    return _common(p, envs=envs, steps=steps, repeats=repeats)
+
+
+def _simulator_kwargs(args) -> dict:
+    """The keyword arguments of :func:`~warpsim_rl.bench.sim.throughput` and
+    :func:`~warpsim_rl.bench.sim.gradients` from the options of :func:`_simulator_options`."""
+    return {"scene": args.scene, "envs": args.envs, "steps": args.steps, "device": args.device, "dtype": args.dtype,
+            "scene_params": parse_params(args.param), "repeats": args.repeats, "progress": not args.quiet,
+            "threads": args.threads}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,14 +63,10 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("throughput", help="env-steps/s of one scene")
-    t.add_argument("--scene", required=True)
     t.add_argument("--dense", action="store_true", help="dense Cholesky baseline (full band)")
-    t.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="scene parameter override, e.g. num_particles=20")
-    _common(t, envs=4096, steps=100, repeats=5)
+    _simulator_options(t, envs=4096, steps=100, repeats=5)
     gr = sub.add_parser("gradients", help="reverse pass and Jacobian cost vs the forward rollout")
-    gr.add_argument("--scene", required=True)
-    _common(gr, envs=4096, steps=50, repeats=3)
+    _simulator_options(gr, envs=4096, steps=50, repeats=3)
     cp = sub.add_parser("compare", help="train algorithms over seeds at equal epochs (PODS Fig. 3)")
     cp.add_argument("--env", default="pendulum2d-stop")
     cp.add_argument("--algos", nargs="+", default=["pods2", "bptt", "pods1"])
@@ -58,10 +79,12 @@ def parser() -> argparse.ArgumentParser:
     _common(cp)
     en = sub.add_parser("envs", help="env-steps/s of the torch env for every registered task")
     en.add_argument("--task", action="append", default=None, help="task name (repeatable; default: all)")
-    _common(en, envs=4096, steps=100, repeats=3)
-    s = sub.add_parser("scaling", help="rope3d throughput vs particle count")
+    en.add_argument("--envs", type=int, default=None,
+                    help="environments of every task (default: 4096; 1024 for rope3d, 256 for cloth_table)")
+    _common(en, steps=100, repeats=3)
+    s = sub.add_parser("scaling", help="rope3d throughput vs particle count, banded and dense")
     s.add_argument("--particles", type=int, nargs="+", default=[5, 10, 20, 40])
-    _common(s, envs=1024, steps=20)
+    _common(s, envs=256, steps=20, repeats=3)
     es = sub.add_parser("estimators", help="gradient-estimator bias/variance study")
     estimators.add_arguments(es)
     _common(es, device=False)
@@ -83,28 +106,29 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args) -> dict:
     """The result of the subcommand ``args.cmd``."""
+    progress = not args.quiet
     if args.cmd == "throughput":
         from .sim import throughput
 
-        return throughput(args.scene, args.envs, args.steps, args.device, args.dtype,
-                          scene_params=parse_params(args.param), repeats=args.repeats, dense=args.dense)
+        return throughput(**_simulator_kwargs(args), dense=args.dense)
     if args.cmd == "gradients":
         from .sim import gradients
 
-        return gradients(args.scene, args.envs, args.steps, args.device, args.dtype, repeats=args.repeats)
+        return gradients(**_simulator_kwargs(args))
     if args.cmd == "scaling":
         from .sim import scaling
 
-        return scaling(args.envs, args.particles, args.steps, args.device, args.dtype)
+        return scaling(args.envs, args.particles, args.steps, args.device, args.dtype, repeats=args.repeats,
+                       progress=progress)
     if args.cmd == "compare":
         from .compare import compare
 
         return compare(args.env, args.algos, args.seeds, args.epochs, args.num_envs, args.out, args.eval_every,
-                       args.device, args.dtype, args.png)
+                       args.device, args.dtype, args.png, progress=progress)
     if args.cmd == "envs":
         from .envs import bench_envs
 
-        return bench_envs(args.envs, args.steps, args.device, args.dtype, args.task, args.repeats)
+        return bench_envs(args.envs, args.steps, args.device, args.dtype, args.task, args.repeats, progress=progress)
     if args.cmd == "estimators":
         from .estimators import from_args
 
@@ -113,12 +137,12 @@ def run(args) -> dict:
         from .usd import bench_export
 
         return bench_export(args.envs, args.steps, args.scene, args.format, repeats=args.repeats,
-                            simulate=not args.no_simulate)
+                            simulate=not args.no_simulate, progress=progress)
     if args.cmd == "contact":
         from .contact import newton_stats
 
         return newton_stats(args.kind or ("cable", "bilateral"), args.dtype or _DTYPES, args.envs, args.steps,
-                            args.noise, args.seed, args.device)
+                            args.noise, args.seed, args.device, progress=progress)
     raise ValueError(f"unknown subcommand {args.cmd!r}")
 
 

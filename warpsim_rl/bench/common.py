@@ -1,26 +1,29 @@
-"""Helpers shared by the benchmarks: machine information, wall-clock timing, random inputs and
-the command-line output.
+"""Helpers shared by the benchmarks: machine information, wall-clock timing, random inputs,
+progress on stderr and the command-line output.
 
 Timings exclude kernel compilation (each benchmark warms up first) and synchronise the device
 before the clock starts and before it stops; rates are reported as the median over the timed
-passes (the machines are shared VMs) and the best pass.
+passes (the machines are shared VMs) and the best pass. Progress goes to stderr (a tqdm bar,
+advanced outside the timed region), so stdout carries only the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import warp as wp
+from tqdm import tqdm
 
 __all__ = ["machine_info", "git_revision", "time_passes", "rates", "random_actions", "swing_velocities", "emit",
-           "stderr_log"]
+           "stderr_log", "progress_bar"]
 
 
 def machine_info() -> dict:
@@ -41,10 +44,11 @@ def git_revision() -> str:
         return ""
 
 
-def time_passes(fn: Callable[[], object], repeats: int, device=None, setup: Callable[[], object] | None = None
-                ) -> list[float]:
+def time_passes(fn: Callable[[], object], repeats: int, device=None, setup: Callable[[], object] | None = None,
+                on_pass: Callable[[], object] | None = None) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``fn``. ``setup()`` (untimed) runs before each
-    call; with a Warp ``device`` it is synchronised before the clock starts and before it stops."""
+    call; with a Warp ``device`` it is synchronised before the clock starts and before it stops;
+    ``on_pass()`` (untimed, e.g. a progress bar's ``update``) runs after each call."""
     times = []
     for _ in range(repeats):
         if setup is not None:
@@ -56,6 +60,8 @@ def time_passes(fn: Callable[[], object], repeats: int, device=None, setup: Call
         if device is not None:
             wp.synchronize_device(device)
         times.append(time.perf_counter() - t0)
+        if on_pass is not None:
+            on_pass()
     return times
 
 
@@ -96,7 +102,27 @@ def emit(result: dict, as_json: bool) -> None:
 
 
 def stderr_log(verbose: bool) -> Callable[[str], None]:
-    """A progress logger: prints each message on stderr when ``verbose``, else does nothing."""
+    """A progress logger: prints each message on stderr when ``verbose`` (above any open progress
+    bar), else does nothing."""
     if verbose:
-        return lambda msg: print(msg, file=sys.stderr, flush=True)
+        return lambda msg: tqdm.write(msg, file=sys.stderr)
     return lambda msg: None
+
+
+@contextlib.contextmanager
+def progress_bar(progress: "bool | tqdm", total: int, desc: str, unit: str = "pass") -> Iterator[tqdm]:
+    """A tqdm bar on stderr over ``total`` units of work, closed on exit.
+
+    ``progress``: ``True`` (a new bar), ``False`` (a disabled one: nothing is printed) or an open
+    bar of a calling benchmark, which is used as it is (the caller counted these units in its
+    total and closes it). Bars are shown whether or not stderr is a terminal, so a long run is
+    never silent; benchmarks advance them only outside their timed regions."""
+    if isinstance(progress, tqdm):
+        yield progress
+        return
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not progress, dynamic_ncols=True,
+               mininterval=0.5)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -7,27 +7,34 @@ import csv
 
 import numpy as np
 
+from .common import progress_bar
+
 __all__ = ["compare"]
 
 
 def compare(env: str, algos: list[str], seeds: list[int], epochs: int, num_envs: int, out: str,
-            eval_every: int = 5, device="cpu", dtype="float32", png: str | None = None) -> dict:
+            eval_every: int = 5, device="cpu", dtype="float32", png: str | None = None, progress=False) -> dict:
     """Train every algorithm with every seed at equal epochs (``train.py`` runs under ``out``) and
     collect the test-bed learning curves and final results; ``png``: the learning-curve figure
-    (:func:`warpsim_rl.viz.curves.plot_compare`)."""
+    (:func:`warpsim_rl.viz.curves.plot_compare`). ``progress``: a bar over the runs on stderr, with
+    each run's own epoch bar below it."""
     from ..algos import RunConfig
     from ..training import train
 
     runs = []
-    for algo in algos:
-        for seed in seeds:
+    configs = [(algo, seed) for algo in algos for seed in seeds]
+    with progress_bar(progress, len(configs), f"compare {env}", unit="run") as bar:
+        for algo, seed in configs:
+            bar.set_postfix_str(f"{algo} seed {seed}")
             run = RunConfig(env=env, algo=algo, seed=seed, epochs=epochs, num_envs=num_envs,
                             eval_every=eval_every, device=device, dtype=dtype, usd_envs=0,
                             out=f"{out}/{env}-{algo}-s{seed}")
-            res = train(run, progress=False)  # each algorithm with its registered defaults
+            # each algorithm with its registered defaults; re-running the comparison replaces its runs
+            res = train(run, progress=bool(progress), overwrite=True)
             with open(f"{run.out}/metrics.csv") as f:
                 curve = [(int(r["epoch"]), float(r["eval/reward"])) for r in csv.DictReader(f) if r.get("eval/reward")]
             runs.append({"algo": algo, "seed": seed, "results": res, "curve": curve})
+            bar.update()
     summary = {}
     for algo in algos:
         final = np.array([r["results"]["reward"] for r in runs if r["algo"] == algo])

@@ -58,7 +58,7 @@ from .. import estimators as est
 from ..autodiff import GradientError
 from ..core import StepCore
 from ..tasks import Task, make_task
-from .common import git_revision, machine_info, stderr_log
+from .common import git_revision, machine_info, progress_bar, stderr_log
 
 __all__ = ["OpenLoopProblem", "StrikeProblem", "make_problems", "study_config", "study", "wall_strike", "run",
            "add_arguments", "from_args"]
@@ -337,12 +337,13 @@ def study_config(prob: OpenLoopProblem, sigma: float, N: int, R: int, n_ref_fo: 
     }
 
 
-def study(quick: bool = True, seed: int = 0, progress=None) -> list[dict]:
+def study(quick: bool = True, seed: int = 0, progress=None, problems=None) -> list[dict]:
     """All rows of the study (sizes in :data:`SIZES`; rope3d, 4x dearer per environment, has its
-    own)."""
+    own); ``progress(row)`` is called after each row; ``problems`` defaults to
+    :func:`make_problems`."""
     sz = SIZES["quick" if quick else "full"]
     rows = []
-    for prob in make_problems(quick):
+    for prob in (make_problems(quick) if problems is None else problems):
         z = sz["rope"] if prob.name == "rope3d" else sz["strike"] if prob.name == "wall_strike" else sz["planar"]
         for sigma in sz["sigmas"]:
             row = study_config(prob, sigma, sz["N"], z["R"], z["ref_fo"], z["ref_zo"], sz["gamma_rel"], seed=seed)
@@ -575,8 +576,18 @@ def plot_wall(runs: list[dict], path: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bool = False,
-        parts=("study", "wall")) -> dict:
-    """The whole benchmark; returns one JSON-able dict (plots written under ``plots``)."""
+        parts=("study", "wall"), progress=False) -> dict:
+    """The whole benchmark; returns one JSON-able dict (plots written under ``plots``).
+    ``progress``: a bar on stderr over the study's rows and the wall-strike runs; ``verbose``:
+    also one line per row and run."""
+    mode = "quick" if quick else "full"
+    problems = make_problems(quick) if "study" in parts else []
+    total = len(problems) * len(SIZES[mode]["sigmas"]) + (len(WALL[mode]["stiffness"]) if "wall" in parts else 0)
+    with progress_bar(progress, total, f"estimators ({mode})", unit="row") as bar:
+        return _run(quick, seed, plots, verbose, parts, problems, bar)
+
+
+def _run(quick, seed, plots, verbose, parts, problems, bar) -> dict:
     t0 = time.perf_counter()
     revision = git_revision()  # at the start: the tree may change while a long run goes on
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -584,20 +595,27 @@ def run(quick: bool = True, seed: int = 0, plots: str | None = None, verbose: bo
     log = stderr_log(verbose)
     out: dict = {"benchmark": "estimators", "mode": mode, "seed": seed, "dtype": "float64", "device": "cpu",
                  "settings": {"study": SIZES[mode], "wall": WALL[mode]}}
+
+    def row_done(r):
+        log(f"{r['scene']:16s} k={r['stiffness']} σ={r['sigma']}: " + ", ".join(
+            f"{m} bias {r['estimators'][m]['bias_rel']:.3f} var {r['estimators'][m]['var_rel']:.3g}"
+            for m in est.METHODS) + f" α={r['estimators']['aobg']['alpha_mean']:.2f} ({r['time_s']:.1f}s)")
+        bar.update()
+
     if "study" in parts:
-        out["study"] = study(quick, seed, progress=lambda r: log(
-            f"{r['scene']:16s} k={r['stiffness']} σ={r['sigma']}: " + ", ".join(
-                f"{m} bias {r['estimators'][m]['bias_rel']:.3f} var {r['estimators'][m]['var_rel']:.3g}"
-                for m in est.METHODS) + f" α={r['estimators']['aobg']['alpha_mean']:.2f} ({r['time_s']:.1f}s)"))
+        bar.set_postfix_str("study")
+        out["study"] = study(quick, seed, progress=row_done, problems=problems)
     if "wall" in parts:
         w = WALL[mode]
         runs = []
         for k in w["stiffness"]:
+            bar.set_postfix_str(f"wall strike k={k:g}")
             r = wall_strike(k, w["sigma"], w["N"], w["seeds"], w["iters"], w["eta"], w["max_step"], w["gamma"],
                             w["n_eval"], seed=seed, grid=w["grid"], grid_samples=w["grid_samples"])
             log(f"wall strike k={k:g}: " + ", ".join(
                 f"{m} u={d['u_mean']:.2f} f={d['f_mean']:.3f} F={d['F_mean']:.3f}" for m, d in r["methods"].items())
                 + f" ({r['time_s']:.1f}s)")
+            bar.update()
             runs.append(r)
         out["wall_strike"] = {"runs": runs}
     if plots:
@@ -629,10 +647,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plots", default=None, metavar="DIR", help="write estimators_*.png into DIR")
     p.add_argument("--only", choices=["study", "wall"], default=None, help="run one part only")
-    p.add_argument("--verbose", action="store_true", help="progress lines on stderr")
+    p.add_argument("--verbose", action="store_true", help="also one result line per row on stderr")
 
 
 def from_args(args) -> dict:
     """:func:`run` with the options of :func:`add_arguments`."""
     parts = (args.only,) if args.only else ("study", "wall")
-    return run(args.quick, args.seed, args.plots, args.verbose, parts)
+    return run(args.quick, args.seed, args.plots, args.verbose, parts, progress=not getattr(args, "quiet", False))

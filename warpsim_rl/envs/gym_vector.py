@@ -9,6 +9,12 @@
   returns the last observation in ``info["final_obs"]`` (an object array, ``None`` for the other
   envs, with the mask ``info["_final_obs"]``), like ``SyncVectorEnv`` in that mode.
   ``AutoresetMode.DISABLED`` never resets by itself: call ``reset(options={"reset_mask": mask})``.
+  ``info`` has exactly the structure ``SyncVectorEnv`` builds from the single envs' infos
+  (``{"diverged": bool}`` per step, ``{}`` per reset): ``info["diverged"]`` with the mask
+  ``info["_diverged"]`` covers the envs whose result came from a step; an env reset in this step
+  (NEXT_STEP) has no entry, and in SAME_STEP an env whose episode ended has its last step's
+  ``diverged`` in ``info["final_info"]["diverged"]`` (mask ``info["final_info"]["_diverged"]``),
+  with ``info["_final_info"]`` the mask of ended envs. A key no env has is absent.
 * :class:`WarpSimGymEnv` — a single ``gymnasium.Env`` (one env of a batch of one), so that
   ``gymnasium.utils.env_checker.check_env`` and ``gymnasium.vector.SyncVectorEnv`` apply.
 
@@ -31,7 +37,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..sim import ActionError
-from ..tasks import Task, task_names
+from ..tasks import TASKS, Task, make_task, task_names
 from .torch_env import WarpSimEnv
 
 __all__ = ["WarpSimVectorEnv", "WarpSimGymEnv", "ActionError", "register_gymnasium_envs"]
@@ -73,6 +79,29 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().copy()
 
 
+def _add_step_info(infos: dict[str, Any], diverged: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Add the single envs' step info ``{"diverged": bool}`` of the envs in ``mask`` to ``infos``
+    as ``SyncVectorEnv._add_info`` does: ``diverged`` (False outside the mask) and ``_diverged``
+    (the mask); nothing when the mask is empty. Returns ``infos``."""
+    if mask.any():
+        infos["diverged"] = np.where(mask, diverged, False)
+        infos["_diverged"] = mask.copy()
+    return infos
+
+
+def _capped_task(task: Task | str, max_episode_steps: int | None) -> Task:
+    """``task`` with its horizon capped at ``max_episode_steps`` (``None``/``-1``: unchanged)."""
+    task = make_task(task)
+    if max_episode_steps is None or max_episode_steps == -1:
+        return task
+    if isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, (int, np.integer)) \
+            or max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps = {max_episode_steps!r}: expected an integer >= 1, -1 or None")
+    if max_episode_steps < task.horizon:
+        task = make_task(task, horizon=int(max_episode_steps))
+    return task
+
+
 class WarpSimVectorEnv(VectorEnv):
     """gymnasium 1.x vector env over one batched :class:`WarpSimEnv` (numpy in and out).
 
@@ -82,15 +111,21 @@ class WarpSimVectorEnv(VectorEnv):
         device, dtype: simulation device and dtype (observations/actions use the same dtype).
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default), ``SAME_STEP`` or ``DISABLED``
             (or their string values).
+        max_episode_steps: truncate episodes after ``min(task.horizon, max_episode_steps)``
+            steps, what ``gymnasium.wrappers.TimeLimit(max_episode_steps)`` does over the single
+            env; ``None`` or ``-1``: at the task's horizon. ``gymnasium.make_vec`` passes the
+            registered spec's value (the registered task's horizon).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
     def __init__(self, task: Task | str, num_envs: int, device="cpu", dtype="float32",
-                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP):
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+                 max_episode_steps: int | None = None):
         mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else AutoresetMode(autoreset_mode)
         self.metadata = dict(type(self).metadata, autoreset_mode=mode)
         self.autoreset_mode = mode
+        task = _capped_task(task, max_episode_steps)
         self.env = WarpSimEnv(task, num_envs, device=device, dtype=dtype,
                               auto_reset=(mode == AutoresetMode.SAME_STEP), validate=False)
         self.task = self.env.task
@@ -130,21 +165,22 @@ class WarpSimVectorEnv(VectorEnv):
         a = _as_action(self.env, actions, self._np_dtype)
         obs, rew, term, trunc, info = self.env.step(a)
         infos: dict[str, Any] = {}
+        auto = self._autoreset_envs
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and auto.any():
+            self.env._rng = self.np_random
+            new_obs, _ = self.env.reset(env_ids=auto)
+            at = torch.as_tensor(auto, device=self.env.device)
+            obs = torch.where(at[:, None], new_obs, obs)
+            rew = torch.where(at, torch.zeros_like(rew), rew)
+            term = term & ~at
+            trunc = trunc & ~at
+        obs_np, rew_np, term_np, trunc_np, div_np = _np(obs), _np(rew), _np(term), _np(trunc), _np(info["diverged"])
+        done = np.logical_or(term_np, trunc_np)
+        # which envs' single-env info is a step's ({"diverged": bool}) rather than a reset's ({})
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            auto = self._autoreset_envs
-            if auto.any():
-                self.env._rng = self.np_random
-                new_obs, _ = self.env.reset(env_ids=auto)
-                at = torch.as_tensor(auto, device=self.env.device)
-                obs = torch.where(at[:, None], new_obs, obs)
-                rew = torch.where(at, torch.zeros_like(rew), rew)
-                term = term & ~at
-                trunc = trunc & ~at
-            obs_np, rew_np, term_np, trunc_np = _np(obs), _np(rew), _np(term), _np(trunc)
-            self._autoreset_envs = np.logical_or(term_np, trunc_np)
+            self._autoreset_envs = done
+            stepped = ~auto
         elif self.autoreset_mode == AutoresetMode.SAME_STEP:
-            obs_np, rew_np, term_np, trunc_np = _np(obs), _np(rew), _np(term), _np(trunc)
-            done = np.logical_or(term_np, trunc_np)
             if done.any():
                 final = _np(info["final_observation"])
                 final_obs = np.full(self.num_envs, None, dtype=object)
@@ -152,15 +188,12 @@ class WarpSimVectorEnv(VectorEnv):
                     final_obs[i] = final[i]
                 infos["final_obs"] = final_obs
                 infos["_final_obs"] = done.copy()
-                infos["final_info"] = {}
+                infos["final_info"] = _add_step_info({}, div_np, done)  # the ended step's info
                 infos["_final_info"] = done.copy()
+            stepped = ~done
         else:
-            obs_np, rew_np, term_np, trunc_np = _np(obs), _np(rew), _np(term), _np(trunc)
-        diverged = _np(info["diverged"])
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            diverged &= ~auto
-        infos["diverged"] = diverged
-        infos["_diverged"] = np.ones(self.num_envs, dtype=bool)
+            stepped = np.ones(self.num_envs, dtype=bool)
+        _add_step_info(infos, div_np, stepped)
         return obs_np, rew_np.astype(np.float64), term_np, trunc_np, infos
 
     def close_extras(self, **kwargs):
@@ -224,12 +257,20 @@ def register_gymnasium_envs(namespace: str = "warpsim_rl") -> list[str]:
     """Register every task with gymnasium as ``<namespace>/<task>-v0`` (idempotent) and return the
     ids: ``gymnasium.make(id)`` gives a :class:`WarpSimGymEnv`, ``gymnasium.make_vec(id, num_envs,
     vectorization_mode="vector_entry_point")`` a batched :class:`WarpSimVectorEnv`. Keyword
-    arguments such as ``device``/``dtype`` pass through ``make``/``make_vec``."""
+    arguments such as ``device``/``dtype`` pass through ``make``/``make_vec``.
+
+    Each spec has ``max_episode_steps`` = the registered task's horizon, so ``make`` wraps the env
+    in ``TimeLimit`` at the step where the env truncates by itself and ``env.spec.max_episode_steps``
+    is the episode length. A ``task=`` argument with another horizon keeps the cap: a shorter
+    horizon truncates earlier (the spec's value stays an upper bound), a longer one is cut at the
+    cap (``TimeLimit``; ``WarpSimVectorEnv`` caps its horizon the same way); pass
+    ``max_episode_steps=task.horizon`` as well to make it exact."""
     ids = []
     for name in task_names():
         env_id = f"{namespace}/{name}-v0"
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=f"{__name__}:WarpSimGymEnv",
-                               vector_entry_point=f"{__name__}:WarpSimVectorEnv", kwargs={"task": name})
+                               vector_entry_point=f"{__name__}:WarpSimVectorEnv", kwargs={"task": name},
+                               max_episode_steps=TASKS[name].horizon)
         ids.append(env_id)
     return ids

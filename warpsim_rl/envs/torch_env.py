@@ -53,6 +53,8 @@ class WarpSimEnv:
         auto_reset: reset done envs inside :meth:`step` (see the module doc).
         validate: check every action's shape, dtype, device and finiteness (the finiteness test is
             one device sync per step; ``validate=False`` skips all checks).
+        threads: CPU threads launching the simulator kernels on shards of the envs (default:
+            the available cores; results do not depend on it).
 
     Attributes:
         task, model, sim: the task, the batched :class:`~warpsim_rl.model.Model`, the
@@ -63,9 +65,9 @@ class WarpSimEnv:
     """
 
     def __init__(self, task: Task | str, num_envs: int, device="cpu", dtype="float32", seed=None,
-                 auto_reset: bool = True, validate: bool = True):
+                 auto_reset: bool = True, validate: bool = True, threads: int | None = None):
         self.task = make_task(task)
-        self.core = StepCore(self.task, num_envs, device, dtype)
+        self.core = StepCore(self.task, num_envs, device, dtype, threads)
         m = self.model = self.core.model
         self.sim = self.core.sim
         self.num_envs = m.num_envs

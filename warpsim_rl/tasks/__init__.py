@@ -40,13 +40,16 @@ Modules:
 * :mod:`~warpsim_rl.tasks.equilibria` — :func:`equilibrium`, the static equilibrium (targets);
 * :mod:`~warpsim_rl.tasks.place` — the "place" target of ``cloth_table`` and the scripted laying
   that reaches it;
-* :mod:`~warpsim_rl.tasks.registry` — the registered systems and tasks, :func:`make_task`.
+* :mod:`~warpsim_rl.tasks.registry` — the registered systems and tasks, :func:`make_task`, tasks
+  on a user's scene file (``make_task("path/to/my_scene.toml:stop")``, :func:`custom_task`) and
+  :func:`describe_tasks` (``python -m warpsim_rl.tasks`` prints it).
 """
 
 from __future__ import annotations
 
 from .equilibria import equilibrium
-from .registry import CONTACT_SYSTEMS, SYSTEMS, TASKS, make_task, system_kinds, task_names
+from .registry import (CONTACT_SYSTEMS, CUSTOM_KINDS, CUSTOM_SETTINGS, SYSTEMS, TASKS, custom_task, describe_tasks,
+                       format_task_rows, make_task, parse_custom_task_name, system_kinds, task_name_problem, task_names)
 from .rewards import reward, reward_gradients
 from .spec import TASK_KINDS, TEST_BED_SIZE, InitialStateDistribution, Task, Weights
 
@@ -61,6 +64,13 @@ __all__ = [
     "system_kinds",
     "make_task",
     "task_names",
+    "custom_task",
+    "parse_custom_task_name",
+    "task_name_problem",
+    "describe_tasks",
+    "format_task_rows",
+    "CUSTOM_KINDS",
+    "CUSTOM_SETTINGS",
     "reward",
     "reward_gradients",
     "equilibrium",

@@ -87,6 +87,8 @@ def sample_states(task: Task, n: int, rng: np.random.Generator) -> tuple[np.ndar
     bend_axis = rng.normal(size=(n, P, 3))
     pivot_u = rng.uniform(size=n)
     offset = rng.uniform(-1.0, 1.0, (n, d)) * dist.handle_offset
+    # no offset along an axis that every handle has locked (limit 0): the handles could not move back
+    offset *= np.any(np.asarray(task.action_limits) > 0, axis=0).astype(np.float64)
 
     def horizontal(angle):
         e1, e2 = basis

@@ -64,7 +64,9 @@ class InitialStateDistribution:
     springs to the other one).
 
     ``handle_offset`` > 0 ("stop-origin", "place") then shifts the whole system, handles included, by an
-    offset ``U(-handle_offset, handle_offset)`` per axis. Handles start at rest.
+    offset ``U(-handle_offset, handle_offset)`` per axis, except along an axis that every handle has
+    locked (action limit 0: the handles could not move back; no shipped task locks an axis).
+    Handles start at rest.
     """
 
     swing_angle: float
@@ -93,8 +95,10 @@ class Task:
     ``make_task(name, horizon=50)``.
 
     Attributes:
-        name: registry name, ``<system>-<kind>``.
-        scene_name: shipped scene (``scenes/<scene_name>.toml``); ``scene_params`` overrides its
+        name: registry name, ``<system>-<kind>``, or ``<path>.toml:<kind>`` for a task on a scene
+            file (:func:`~warpsim_rl.tasks.registry.custom_task`).
+        scene_name: shipped scene (``scenes/<scene_name>.toml``) or the path of a scene file
+            (:func:`~warpsim_rl.scene.load_scene` takes either); ``scene_params`` overrides its
             ``[parameters]`` as ``((name, value), ...)``.
         kind: ``"stop"``, ``"stop-origin"`` or ``"place"`` (``TASK_KINDS``).
         weights: :class:`Weights` of Eq. 15.
