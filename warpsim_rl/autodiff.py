@@ -68,11 +68,11 @@ class Differentiator:
             def rows(arrays):
                 return m.state_data([env_rows(a, e0, e1) for a in arrays])
 
+            own = self._own_views(e0, e1)
             return ([m.data_shard(e0, e1), env_rows(mass, e0, e1), env_rows(stiffness, e0, e1), rows(arrays_in),
-                     env_rows(action, e0, e1), rows(arrays_out), rows(adj_out),
-                     m.scratch_shard(self._scratch, e0, e1), env_rows(self._adj_xh, e0, e1),
-                     env_rows(self._adj_vh, e0, e1)],
-                    [rows(adj_in), *(env_rows(a, e0, e1) for a in (adj_action, adj_stiffness, adj_mass, self.ok))])
+                     env_rows(action, e0, e1), rows(arrays_out), rows(adj_out), own["scratch"], own["adj_xh"],
+                     own["adj_vh"]],
+                    [rows(adj_in), *(env_rows(a, e0, e1) for a in (adj_action, adj_stiffness, adj_mass)), own["ok"]])
 
         m.shards.launch(self.kernels.bdf2_vjp, args, self._site("vjp"))
 
@@ -91,11 +91,24 @@ class Differentiator:
         def args(e0, e1):
             return ([m.data_shard(e0, e1), env_rows(mass, e0, e1), env_rows(stiffness, e0, e1),
                      m.state_data([env_rows(a, e0, e1) for a in arrays_in]), env_rows(action, e0, e1),
-                     m.state_data([env_rows(a, e0, e1) for a in arrays_out]), m.scratch_shard(self._scratch, e0, e1),
-                     env_columns(self._W, e0, e1)],
-                    [env_rows(A, e0, e1), env_rows(B, e0, e1), env_rows(self.ok, e0, e1)])
+                     m.state_data([env_rows(a, e0, e1) for a in arrays_out]), self._own_views(e0, e1)["scratch"],
+                     self._own_views(e0, e1)["W"]],
+                    [env_rows(A, e0, e1), env_rows(B, e0, e1), self._own_views(e0, e1)["ok"]])
 
         m.shards.launch(self.kernels.bdf2_jacobian, args, self._site("jacobian"))
+
+    def _own_views(self, e0: int, e1: int) -> dict:
+        """Views of environments ``[e0, e1)`` of this differentiator's own arrays (scratch, handle
+        adjoints, ``ok``, the Jacobian's ``W``), built once per range."""
+        views = self.__dict__.setdefault("_views", {})
+        key = (e0, e1, self._W is not None)
+        if key not in views:
+            m = self.model
+            views[key] = {"scratch": m.scratch_shard(self._scratch, e0, e1),
+                          "adj_xh": env_rows(self._adj_xh, e0, e1), "adj_vh": env_rows(self._adj_vh, e0, e1),
+                          "ok": env_rows(self.ok, e0, e1),
+                          "W": env_columns(self._W, e0, e1) if self._W is not None else None}
+        return views[key]
 
     def _site(self, name: str):
         """The :class:`~warpsim_rl.shards.LaunchSite` of the ``name`` launch for the current shards."""

@@ -66,12 +66,16 @@ def env_rows(arr: wp.array, e0: int, e1: int) -> wp.array:
     """The view of environments ``[e0, e1)`` of an array whose first axis is the environment
     (an array without elements, e.g. the (E, 0) contact parameters of a scene without geometry,
     is returned as it is: no kernel reads it)."""
-    return arr if arr.size == 0 else arr[e0:e1]
+    if arr.size == 0 or (e0 == 0 and e1 == arr.shape[0]):
+        return arr
+    return arr[e0:e1]
 
 
 def env_columns(arr: wp.array, e0: int, e1: int) -> wp.array:
     """The view of environments ``[e0, e1)`` of a (rows, E) scratch array (env-minor layout)."""
-    return arr if arr.size == 0 else arr[:, e0:e1]
+    if arr.size == 0 or (e0 == 0 and e1 == arr.shape[1]):
+        return arr
+    return arr[:, e0:e1]
 
 
 class LaunchSite:
