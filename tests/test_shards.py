@@ -124,3 +124,16 @@ def test_the_automatic_choice_changes_no_number():
     task = make_task("double_pendulum3d-stop")
     ref, got = _run(task, E, 1), _run(task, E, 2)
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
+
+
+def test_threads_none_means_the_available_cores_and_keeps_its_shards():
+    from warpsim_rl.shards import default_threads
+
+    model = make_task("pendulum2d-stop").scene.build(num_envs=8, threads=3)
+    first = model.shards
+    assert first.threads == 3 and model.shards is first  # built once, not per launch
+    model.threads = None
+    assert model.shards.threads == min(8, default_threads()) and model.shards is model.shards
+    with pytest.raises(ValueError, match="threads = 0"):
+        model.threads = 0
+        model.shards

@@ -226,10 +226,10 @@ class Model:
     @property
     def shards(self) -> EnvShards:
         """The :class:`~warpsim_rl.shards.EnvShards` of ``threads`` (rebuilt when it changes)."""
+        threads = check_threads(self.threads) or default_threads(self.device)  # None: the available cores
         shards = self.__dict__.get("_shards")
-        if shards is None or shards.requested != self.threads:
-            shards = self._shards = EnvShards(self.num_envs, check_threads(self.threads), self.device)
-            shards.requested = self.threads
+        if shards is None or shards.requested != threads:
+            shards = self._shards = EnvShards(self.num_envs, threads, self.device)
         return shards
 
     def data_shard(self, e0: int, e1: int):

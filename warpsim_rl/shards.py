@@ -97,7 +97,7 @@ class LaunchSite:
         self.threads = threads
         self._samples: dict[int, list] = {1: [], threads: []}
         self._calls = 0
-        self.choice = threads if threads > 1 else 1
+        self.choice = threads
 
     def variant(self) -> int:
         """The shard count for the next call (1 or ``threads``)."""
@@ -122,14 +122,14 @@ class EnvShards:
     """The shards of ``num_envs`` environments on ``device`` for ``threads`` threads.
 
     Attributes:
-        bounds: list of ``(e0, e1)``; ``threads``: their number (<= the requested count).
+        bounds: list of ``(e0, e1)``; ``threads``: their number (<= ``requested``).
         whole: ``[(0, num_envs)]``, the single-launch variant.
     """
 
     def __init__(self, num_envs: int, threads: int, device):
         self.device = wp.get_device(device)
-        requested = 1 if self.device.is_cuda else int(threads)
-        self.bounds = shard_bounds(num_envs, requested)
+        self.requested = int(threads)
+        self.bounds = shard_bounds(num_envs, 1 if self.device.is_cuda else self.requested)
         self.whole = [(0, int(num_envs))]
         self.threads = len(self.bounds)
 
