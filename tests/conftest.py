@@ -19,3 +19,16 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """torch on one intra-op thread: the suite's networks are tiny (64 x 64), where a second
+    thread costs more than it gives, and on a machine shared with other work an OpenMP team
+    waiting for a descheduled thread slowed the training tests 10x. Results do not depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,11 +23,15 @@ from warpsim_rl.tasks import make_task
 
 #: options that keep one epoch small, per algorithm class
 SMALL = {"PODS": dict(regression_steps=3, regression_batch=64, line_search=3, chunk=8),
-         "EstimatorPG": dict(samples=2), "BPTT": {}}
+         "EstimatorPG": dict(samples=2), "BPTT": {}, "SACBaseline": dict(replay_size=600, batch_size=32),
+         "DDPGBaseline": dict(replay_size=600, batch_size=32), "D3PG": dict(batch_size=32)}
+#: algorithm classes that run in float32 only (skrl's memories hold float32)
+FLOAT32 = {"PPOBaseline", "SACBaseline", "DDPGBaseline"}
 
 
-def _make(name, num_envs=6, horizon=12, dtype="float64"):
+def _make(name, num_envs=6, horizon=12):
     cls = ALGORITHMS[name][0]
+    dtype = "float32" if cls.__name__ in FLOAT32 else "float64"
     run = RunConfig(env="pendulum2d-stop", algo=name, num_envs=num_envs, horizon=horizon, dtype=dtype, seed=3)
     task = make_task(run.env, horizon=horizon)
     return make_algorithm(task, run, algo_config(name, **SMALL.get(cls.__name__, {})))
@@ -89,7 +93,8 @@ def test_save_load_next_epoch_is_bit_identical(name):
     resumed.load_state_dict(saved)
     resumed.begin_epoch(1)
     m_resumed = resumed.train_epoch()
-    _equal(m_straight, m_resumed)
+    timing = [k for k in m_straight if k.startswith("time/")]  # wall-clock measurements differ run to run
+    _equal({k: v for k, v in m_straight.items() if k not in timing}, {k: v for k, v in m_resumed.items() if k not in timing})
     _equal(straight.state_dict(), resumed.state_dict())
 
 

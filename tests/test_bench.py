@@ -7,7 +7,8 @@ import pytest
 
 from warpsim_rl import bench
 
-SUBCOMMANDS = ["throughput", "gradients", "scaling", "envs", "compare", "estimators", "usd", "contact"]
+SUBCOMMANDS = ["throughput", "gradients", "scaling", "envs", "compare", "estimators", "usd", "contact", "table1", "windows",
+               "sweep"]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
@@ -149,3 +150,28 @@ def test_envs_rows_report_their_size(capsys):
     out = bench_envs(steps=1, repeats=1, tasks=["cloth_table-stop"])
     assert out["envs"] is None and out["rows"][0]["envs"] == 256
     assert capsys.readouterr().err == ""  # the library call is silent unless asked
+
+
+def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_path, capsys):
+    """Two real cells (subprocesses): a PPO cell that trains, a PODS 500 cell whose first epoch
+    is longer than its budget (recorded as such, not as a result); a second call runs nothing."""
+    from warpsim_rl.bench.table1 import report, table1
+
+    cache = tmp_path / "t1.json"
+    data = table1(["2D Pendulum"], ["PPO"], [0], budget_s=1.0, cache=str(cache), progress=True)
+    tiny = table1(["2D Pendulum"], ["PODS 500"], [0], budget_s=0.01, cache=str(tmp_path / "tiny.json"))
+    ppo = data["cells"]["2D Pendulum | PPO | seed 0"]
+    assert ppo["status"] == "ok" and ppo["epochs"] >= 1 and ppo["curve"][-1]["time/train_cpu_s"] >= 1.0
+    assert tiny["cells"]["2D Pendulum | PODS 500 | seed 0"]["status"] == "budget_too_small"
+    again = table1(["2D Pendulum"], ["PPO"], [0], budget_s=1.0, cache=str(cache), progress=True)
+    assert again["cells"] == data["cells"]
+    assert "0 cells to run (1 cached" in capsys.readouterr().err
+    rep = report(json.loads(cache.read_text()) | {"cells": {**data["cells"], **tiny["cells"]}},
+                 images=str(tmp_path / "img"))
+    assert "budget too small" in rep["table"] and (tmp_path / "img" / "table1_pendulum2d-stop.png").is_file()
+    with pytest.raises(ValueError, match=r"row \['2D Pendullum'\]: unknown; valid rows: \['2D Pendulum'"):
+        table1(["2D Pendullum"], ["PPO"], [0], cache=str(cache))
+    with pytest.raises(ValueError, match=r"column \['SACC'\]: unknown; valid columns: \['PODS 500'"):
+        table1(["2D Pendulum"], ["SACC"], [0], cache=str(cache))
+    with pytest.raises(ValueError, match="budget_s = 0: must be a positive"):
+        table1(["2D Pendulum"], ["PPO"], [0], budget_s=0, cache=str(cache))

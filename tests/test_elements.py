@@ -281,7 +281,7 @@ def dense_from_band(Hb, N, B):
 def potential_eval(model, xq, x_in, v_in, xp_in, vp_in, v_handle, project):
     """Launch the ``potential`` kernel (one env per row of the host arrays)."""
     m, d, vec = model, model.device, model.vec
-    E, N, B = m.num_envs, m.num_dofs, m.band
+    E = m.num_envs
     K = bdf2_kernels(F64, m.dim)
     arr = lambda a: wp.array(np.ascontiguousarray(a), dtype=vec, device=d)  # noqa: E731
     sc = m.newton_scratch()

@@ -7,7 +7,6 @@ through ``warpsim_rl.training.train`` with the per-algorithm configuration. Warp
 and torch's CPU kernels are deterministic run to run, so any difference is a real change."""
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np

@@ -296,8 +296,9 @@ def test_replay_buffer_memory_estimate():
 
 def test_lr_schedules():
     assert set(LR_SCHEDULES) == {"constant", "linear"}
-    assert [LR_SCHEDULES["linear"](0.02, e, 4) for e in range(4)] == [0.02 * f for f in (1.0, 0.75, 0.5, 0.25)]
-    assert [LR_SCHEDULES["constant"](0.02, e, 4) for e in range(4)] == [0.02] * 4
+    assert [LR_SCHEDULES["linear"](0.02, e / 4) for e in range(4)] == [0.02 * f for f in (1.0, 0.75, 0.5, 0.25)]
+    assert [LR_SCHEDULES["constant"](0.02, e / 4) for e in range(4)] == [0.02] * 4
+    assert LR_SCHEDULES["linear"](0.02, 1.5) == 0.0  # a budgeted run past its budget: not negative
 
 
 def test_masked_mean_is_the_formula_bitwise():

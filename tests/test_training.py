@@ -309,6 +309,44 @@ def test_policy_check_restores_a_worse_regressed_policy(check):
         assert not torch.equal(before["net.4.bias"], after["net.4.bias"])
 
 
+@pytest.mark.parametrize("backtracks,step", [(2, 0.5), (0, 0.0)])
+def test_policy_check_backtracks_on_the_regression_step(backtracks, step):
+    """A full regression step that lowers the return is halved until it does not (here the
+    closed-loop return peaks at half the step), or undone when no halving is allowed."""
+    import copy
+    from types import SimpleNamespace
+
+    from warpsim_rl.algos import PODS
+
+    E = 8
+    alg = PODS(make_task("pendulum2d-stop", horizon=20), RunConfig(num_envs=E, horizon=20),
+               algo_config("pods2", regression_steps=3, check_backtracks=backtracks))
+    alg.train_epoch()
+    saved = (copy.deepcopy(alg.policy.state_dict()), copy.deepcopy(alg.optimizer.state_dict()))
+    b0 = alg.policy.net[-1].bias.detach().clone()
+    with torch.no_grad():
+        alg.policy.net[-1].bias.add_(2.0)  # the "regressed" policy: the full step
+    tried = []
+
+    def fake_rollout(policy, state0, horizon, **kw):  # the return is best at a bias shift of 0.5
+        shift = float((policy.net[-1].bias - b0).mean())
+        tried.append(shift)
+        return SimpleNamespace(returns=torch.full((E,), -abs(shift - 0.5), dtype=torch.float64),
+                               failed=torch.zeros(E, dtype=torch.bool))
+
+    alg.core.rollout = fake_rollout
+    old = torch.full((E,), -0.5, dtype=torch.float64)  # the old policy's return (shift 0)
+    m = alg._check_policy(None, old, torch.zeros(E, dtype=torch.bool), saved)
+    assert m["train/policy_step"] == step and m["train/policy_accepted"] == int(step > 0)
+    assert tried == ([2.0, 1.0] if backtracks else [2.0])
+    after = alg.policy.state_dict()
+    if step:
+        assert torch.allclose(after["net.4.bias"], b0 + 1.0, rtol=0, atol=1e-6)
+        assert all(torch.equal(after[k], saved[0][k]) for k in after if k != "net.4.bias" and "normalizer" not in k)
+    else:
+        assert all(torch.equal(after[k], saved[0][k]) for k in after)
+
+
 def test_failed_environments_do_not_enter_the_observation_statistics():
     """BPTT observes only the environments whose rollout did not fail (a failed state may be
     non-finite and would poison the normaliser for the rest of the run)."""
@@ -531,8 +569,10 @@ def test_results_hold_the_untrained_evaluation_the_curve_and_the_whole_training_
               "diverged"):
         assert untrained[k] == want[k], k
     hist = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["history"]
-    assert res["curve"][0] == {"epoch": 0, "eval/reward": want["reward"]}
-    assert res["curve"][1:] == [{k: h[k] for k in ("epoch", "train/return_before", "eval/reward") if k in h}
+    assert res["curve"][0] == {"epoch": 0, "time/train_s": 0.0, "time/train_cpu_s": 0.0, "env_steps": 0,
+                               "eval/reward": want["reward"]}
+    assert res["curve"][1:] == [{k: h[k] for k in ("epoch", "time/train_s", "time/train_cpu_s", "env_steps",
+                                                   "train/return_before", "eval/reward") if k in h}
                                 for h in hist]
     assert [("eval/reward" in c) for c in res["curve"]] == [True, False, True, True]
     assert res["reward"] == res["curve"][-1]["eval/reward"]  # the top level is the final evaluation

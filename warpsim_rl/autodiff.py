@@ -190,7 +190,6 @@ class _StepFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tsim, x, v, xp, vp, action, stiffness, mass):
-        m = tsim.model
         outs = [torch.empty_like(x) for _ in range(4)]
         wins = [tsim._wp(t) for t in (x, v, xp, vp)]
         wouts = [tsim._wp(t) for t in outs]

@@ -37,7 +37,27 @@ from .autodiff import TorchSimulator
 from .model import Control, Model, State
 from .tasks import Task
 
-__all__ = ["task_model", "StepCore", "Transition", "Trajectory"]
+__all__ = ["task_model", "StepCore", "StepCounter", "Transition", "Trajectory"]
+
+
+class StepCounter:
+    """Environment steps simulated for training: one per env per step of a
+    :class:`StepCore` (the line-search candidates and policy checks of an algorithm included,
+    the recomputation of a checkpointed backward pass not). A host integer (no device sync),
+    shared by a core and its :meth:`StepCore.sibling` cores; saved in checkpoints through
+    ``state_dict`` / ``load_state_dict``."""
+
+    def __init__(self):
+        self.env_steps = 0
+
+    def add(self, steps: int) -> None:
+        self.env_steps += int(steps)
+
+    def state_dict(self) -> dict:
+        return {"env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.env_steps = int(state["env_steps"])
 
 
 def task_model(task: Task, num_envs: int, device="cpu", dtype="float32", threads: int | None = None) -> Model:
@@ -109,15 +129,18 @@ class StepCore:
         device: Warp/torch device name. dtype: ``"float32"`` or ``"float64"``.
         threads: CPU threads launching the kernels on shards of the envs (default: the
             available cores; ``warpsim_rl/shards.py``); results do not depend on it.
+        counter: the :class:`StepCounter` to add this core's env steps to (default: a new one).
 
     Attributes:
         task, model, tsim (:class:`~warpsim_rl.autodiff.TorchSimulator`), sim
         (:class:`~warpsim_rl.sim.Simulator`), layout (:class:`~warpsim_rl.layout.StateLayout`), num_envs, device
-        (torch), dtype (torch), limit ((h, dim) action limits, m/s).
+        (torch), dtype (torch), limit ((h, dim) action limits, m/s), counter (:class:`StepCounter`).
     """
 
-    def __init__(self, task: Task, num_envs: int, device="cpu", dtype="float32", threads: int | None = None):
+    def __init__(self, task: Task, num_envs: int, device="cpu", dtype="float32", threads: int | None = None,
+                 counter: StepCounter | None = None):
         self.task = task
+        self.counter = StepCounter() if counter is None else counter
         self.model = task_model(task, num_envs, device, dtype, threads)
         self.tsim = TorchSimulator(self.model, check=False, zero_failed_grads=True)
         self._status = wp.to_torch(self.tsim.sim.status)
@@ -129,6 +152,12 @@ class StepCore:
         self.layout = task.layout
         self.action_shape = (self.num_envs, task.num_handles, task.dim)
         self._fresh: State | None = None  # scratch state of reset_where
+
+    def sibling(self, num_envs: int) -> "StepCore":
+        """Another core of the same task, device, precision and threads for ``num_envs`` envs
+        (e.g. the line-search candidates), counting its steps into this core's counter."""
+        dtype = "float32" if self.dtype == torch.float32 else "float64"
+        return StepCore(self.task, num_envs, str(self.model.device), dtype, self.model.threads, counter=self.counter)
 
     # -- pieces ------------------------------------------------------------------------------------
     def initial_state(self, positions=None, velocities=None) -> tuple:
@@ -205,6 +234,7 @@ class StepCore:
         Hessian did not factor. An env whose Newton solve fails keeps its last valid state, has a
         zero gradient row and is recorded (:meth:`failures`): callers leave it out of their
         statistics and losses with the trajectory's ``failed`` mask."""
+        self.counter.add(self.num_envs)
         return self._step_executed(state, self.clip(action), jacobians)
 
     def _step_executed(self, state, a: torch.Tensor, jacobians: bool) -> Transition:
@@ -227,6 +257,7 @@ class StepCore:
     def advance(self, state_in: State, control: Control, state_out: State) -> None:
         """Buffered step of Warp states (recorded launch, no allocation, no host sync): the
         caller has written the *executed* (clipped) action into ``control``."""
+        self.counter.add(self.num_envs)
         self.sim.step(state_in, control, state_out, check=False)
 
     # -- rollouts ----------------------------------------------------------------------------------
@@ -276,6 +307,7 @@ class StepCore:
         singular = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device) if jacobians else None
         for t in range(steps):
             obs = self.observe(state)
+            self.counter.add(self.num_envs)
             tr = self._step_executed(state, act(t, obs), jacobians)
             if jacobians:
                 singular |= tr.singular
@@ -295,7 +327,7 @@ class StepCore:
             obs, acts, rews = [], [], []
             for t in range(t0, t1):
                 obs.append(self.observe(s))
-                tr = self.step(s, actions[t])
+                tr = self._step_executed(s, self.clip(actions[t]), False)
                 s = tr.state
                 acts.append(tr.action)
                 rews.append(tr.reward)
@@ -305,6 +337,7 @@ class StepCore:
         T, t = actions.shape[0], 0
         while t < T:
             t1 = min(T, t + every)
+            self.counter.add((t1 - t) * self.num_envs)  # the forward pass; the backward's recomputation is not counted
             *s, o, a, r = checkpoint(segment, t, t1, *states[-1], use_reentrant=False)
             states.append(tuple(s))
             obs_l += list(o)

@@ -9,7 +9,7 @@ import numpy as np
 import warp as wp
 
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK, bdf2_kernels
-from .model import Control, Model, State, scratch_array  # noqa: F401 (scratch_array: re-exported)
+from .model import Control, Model, State
 from .shards import env_rows
 
 __all__ = ["Simulator", "SimulationError", "ActionError"]

@@ -7,7 +7,8 @@ Outputs in ``run.out_dir`` (:data:`RUN_FILES`):
   algorithm's config fields}``; written first, so a run interrupted before its first checkpoint
   can still be resumed (it starts again from epoch 0 with this configuration);
 * ``metrics.csv`` — one row per epoch (training metrics, evaluation metrics when evaluated,
-  wall-clock time);
+  ``time/epoch_s``, ``time/train_s`` — the training time so far, evaluation excluded, over every
+  session — and ``env_steps``, the environment steps simulated for training so far);
 * ``tb/`` — the same scalars for TensorBoard (``tensorboard --logdir runs``), plus the untrained
   policy's test-bed evaluation at step 0;
 * ``learning_curve.png`` — test-bed reward (from epoch 0) and training return over epochs;
@@ -19,8 +20,11 @@ Outputs in ``run.out_dir`` (:data:`RUN_FILES`):
   held-out initial states of reward, terminal kinetic energy, distance to target and action
   magnitude, PODS Figs. 8–10, and ``diverged``), the untrained policy's evaluation under
   ``"untrained"`` (epoch 0), the learning curve under ``"curve"`` (one entry per epoch from 0:
-  ``epoch``, ``train/return_before``, ``eval/reward`` where evaluated), ``train_time_s`` (the
-  whole run, over every session of a resumed run) and ``train_time_s_this_session``;
+  ``epoch``, ``time/train_s``, ``time/train_cpu_s``, ``env_steps``, ``train/return_before``,
+  ``eval/reward`` where evaluated), ``train_time_s`` (the whole run, over every session of a resumed run, evaluation
+  included), ``train_time_s_this_session``, and with a budget ``budget_s``, ``budget_clock``
+  and ``first_epoch_s`` on that clock (an epoch longer than the budget means the budget cannot
+  measure this run);
 * ``eval.usdc`` — the first ``usd_envs`` final evaluation rollouts as time-sampled USD.
 
 Every file is written with the permissions the umask gives (``0666 & ~umask``; folders
@@ -57,7 +61,7 @@ __all__ = ["train", "CheckpointError", "RunExistsError", "TrainingInterrupted", 
 RUN_FILES = ("tb", "metrics.csv", "checkpoint.pt", "results.json", "config.json", "learning_curve.png", "eval.usdc")
 
 #: the keys of each entry of ``results.json``'s ``"curve"``
-CURVE_KEYS = ("epoch", "train/return_before", "eval/reward")
+CURVE_KEYS = ("epoch", "time/train_s", "time/train_cpu_s", "env_steps", "train/return_before", "eval/reward")
 
 
 class CheckpointError(RuntimeError):
@@ -301,16 +305,30 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
         final = None
         bar = tqdm(range(start, run.epochs), initial=start, total=run.epochs, disable=not progress,
                    desc=f"{run.algo} {run.env}", unit="epoch")
+        clock_key = "time/train_s" if run.budget_clock == "wall" else "time/train_cpu_s"
+        trained = {k: history[-1].get(k, 0.0) if history else 0.0 for k in ("time/train_s", "time/train_cpu_s")}
         for epoch in bar:
+            spent = trained[clock_key]
+            if run.budget_s is not None and spent >= run.budget_s:
+                break
             epoch_now = epoch + 1
-            t0 = time.perf_counter()
-            algo.begin_epoch(epoch)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fraction = None if run.budget_s is None else max(epoch / run.epochs, spent / run.budget_s)
+            algo.begin_epoch(epoch, fraction)
             row = {"epoch": epoch + 1, **algo.train_epoch()}
             row["time/epoch_s"] = time.perf_counter() - t0
-            if (run.eval_every and (epoch + 1) % run.eval_every == 0) or epoch + 1 == run.epochs:
+            row["time/epoch_cpu_s"] = time.process_time() - c0
+            trained["time/train_s"] += row["time/epoch_s"]
+            trained["time/train_cpu_s"] += row["time/epoch_cpu_s"]
+            row.update(trained)
+            row["env_steps"] = algo.env_steps
+            now = trained[clock_key]
+            crossed = run.eval_every_s is not None and int(now // run.eval_every_s) > int(spent // run.eval_every_s)
+            last = epoch + 1 == run.epochs or (run.budget_s is not None and now >= run.budget_s)
+            if (run.eval_every and (epoch + 1) % run.eval_every == 0) or crossed or last:
                 ev = evaluate(task, algo.policy, eval_core)
                 traj = ev.pop("trajectory")
-                if epoch + 1 == run.epochs:
+                if last:
                     final = (ev, traj)  # the final evaluation: the same policy, the same test bed
                 row.update(_eval_metrics(ev))
             history.append(row)
@@ -335,16 +353,20 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
                      "eval/reward_std": untrained["reward_std"]}
         plot_learning_curve([start_row, *history], out / "learning_curve.png",
                             f"{run.algo} on {run.env} (seed {run.seed})")
-        results = {"env": run.env, "algo": run.algo, "seed": run.seed, "epochs": run.epochs,
+        first = ("time/epoch_s" if run.budget_clock == "wall" else "time/epoch_cpu_s")
+        budget = {} if run.budget_s is None else {"budget_s": run.budget_s, "budget_clock": run.budget_clock,
+                                                   "first_epoch_s": history[0][first] if history else None}
+        results = {"env": run.env, "algo": run.algo, "seed": run.seed, "epochs": len(history), **budget,
                    "test_bed_size": task.test_bed_size, "train_time_s": before + session,
                    "train_time_s_this_session": session, "resumed_from_epoch": start,
                    **{k: ev[k] for k in sorted(ev)},
                    "untrained": untrained,
-                   "curve": [{"epoch": 0, "eval/reward": untrained["reward"]},
+                   "curve": [{"epoch": 0, "time/train_s": 0.0, "time/train_cpu_s": 0.0, "env_steps": 0,
+                              "eval/reward": untrained["reward"]},
                              *({k: h[k] for k in CURVE_KEYS if k in h and _finite(h[k])} for h in history)]}
         atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
         if run.usd_envs:
-            _export_usd(task, traj, out / "eval.usdc", run)
+            _export_usd(task, traj, out / "eval.usdc", run, len(history))
     except KeyboardInterrupt:
         raise TrainingInterrupted(out, epoch_now, saved, run.epochs) from None
     finally:
@@ -367,7 +389,7 @@ def _write_csv(path, keys, history):
             w.writerow(h)
 
 
-def _export_usd(task, traj, path: Path, run: RunConfig) -> None:
+def _export_usd(task, traj, path: Path, run: RunConfig, epochs: int) -> None:
     import numpy as np
 
     from .usd import export_rollout
@@ -375,5 +397,5 @@ def _export_usd(task, traj, path: Path, run: RunConfig) -> None:
     k = min(run.usd_envs, traj.states[0][0].shape[0])
     positions = np.stack([s[0][:k].detach().cpu().numpy() for s in traj.states])
     export_rollout(task.scene, positions, path, dt=task.dt,
-                   metadata={"env": run.env, "algo": run.algo, "seed": run.seed, "epoch": run.epochs,
+                   metadata={"env": run.env, "algo": run.algo, "seed": run.seed, "epoch": epochs,
                              "actions": "policy", "initial_states": "test bed"})

@@ -537,8 +537,6 @@ def _build_layer(sc: Scene, x: np.ndarray, ten: np.ndarray, faces, dt: float, ra
     offsets = env_offsets(E, spacing)
     env_digits = max(4, len(str(E - 1)))
 
-    # time-sampled data: (attribute path template, per-frame arrays (T+1, E, ...), Vt type)
-    samples: list[tuple[str, np.ndarray, type]] = []
 
     def points_prim(env_path, name, idx, color, w):
         prim = UsdGeom.Points.Define(stage, f"{env_path}/{name}")

@@ -4,7 +4,9 @@
 
 Every algorithm registered when the goldens were recorded, 2 epochs of 8 environments on pendulum2d-stop (seed 0, float64 so
 that summation-order noise cannot hide behind float32 round-off): the per-epoch training metrics,
-the final test-bed evaluation and the final policy parameters and buffers.
+the final test-bed evaluation and the final policy parameters and buffers. torch runs with
+:data:`TORCH_THREADS` intra-op threads (the 2-core VM's default when recorded): torch's reductions
+depend on the thread count, so recording and comparing pin it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 ALGOS = ("pods2", "pods1", "bptt", "zobg", "fobg", "aobg")
+TORCH_THREADS = 2
 SETTINGS = dict(env="pendulum2d-stop", num_envs=8, epochs=2, seed=0, dtype="float64", eval_every=0, usd_envs=0)
 #: algorithm fields that keep the run small (per algorithm family)
 SMALL = {"pods2": dict(regression_steps=5, regression_batch=64, chunk=8),
@@ -27,10 +30,17 @@ def record_one(algo: str) -> dict[str, np.ndarray]:
     from warpsim_rl.algos import RunConfig, algo_config
     from warpsim_rl.training import load_checkpoint, train
 
+    import torch
+
     data = {}
-    with tempfile.TemporaryDirectory() as out:
-        res = train(RunConfig(algo=algo, out=out, **SETTINGS), algo_config(algo, **SMALL[algo]), progress=False)
-        ckpt = load_checkpoint(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            res = train(RunConfig(algo=algo, out=out, **SETTINGS), algo_config(algo, **SMALL[algo]), progress=False)
+            ckpt = load_checkpoint(out)
+    finally:
+        torch.set_num_threads(threads)
     for key in ("reward", "terminal_kinetic_energy", "distance_to_target", "action_magnitude"):
         data[f"{algo}/eval/{key}"] = np.array(res[key])
     for key in sorted({k for h in ckpt["history"] for k in h}):

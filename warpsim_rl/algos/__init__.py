@@ -9,19 +9,30 @@ dataclass and its ``Algorithm`` subclass) plus one line here (docs/algorithms.md
   :mod:`.trajectory`);
 * ``bptt`` — backpropagation through time (:mod:`.bptt`);
 * ``zobg`` / ``fobg`` / ``aobg`` — zeroth- / first- / alpha-order policy gradients of the
-  action-noise-smoothed return (Suh et al. 2022; :mod:`.estimator_pg`).
+  action-noise-smoothed return (Suh et al. 2022; :mod:`.estimator_pg`);
+* ``ppo`` / ``sac`` / ``ddpg`` — skrl's agents on the same step core, the model-free baselines of
+  PODS Table 1 (:mod:`.skrl_baselines`);
+* ``shac`` — short-horizon actor-critic (Xu et al. 2022; :mod:`.shac`); ``agpo`` — SHAC's windows
+  with a twin-Q surrogate replacing the analytic gradient where its batch variance is larger
+  (after Gao et al. 2024; :mod:`.agpo`);
+* ``d3pg`` — DDPG whose critic also fits the simulator's gradients of its TD target (Qiao et al.,
+  ICLR 2020 submission; :mod:`.d3pg`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from .agpo import AGPO, AGPOConfig
 from .base import STANDARD_METRICS, Algorithm
 from .bptt import BPTT, BPTTConfig
 from .config import AlgoConfig, RunConfig
+from .d3pg import D3PG, D3PGConfig
 from .estimator_pg import EstimatorConfig, EstimatorPG
 from .evaluation import EVAL_KEYS, evaluate
 from .pods import PODS, PODSConfig
+from .shac import SHAC, SHACConfig
+from .skrl_baselines import DDPGBaseline, DDPGConfig, PPOBaseline, PPOConfig, SACBaseline, SACConfig
 from .trajectory import TrajectoryOptimizer, TrajectoryStepConfig
 
 #: ``--algo`` name -> (Algorithm subclass, preset overrides of its Config)
@@ -32,6 +43,12 @@ ALGORITHMS: dict[str, tuple[type[Algorithm], dict]] = {
     "zobg": (EstimatorPG, {"method": "zobg", "lr": 3e-3}),
     "fobg": (EstimatorPG, {"method": "fobg"}),
     "aobg": (EstimatorPG, {"method": "aobg"}),
+    "ppo": (PPOBaseline, {}),
+    "sac": (SACBaseline, {}),
+    "ddpg": (DDPGBaseline, {}),
+    "d3pg": (D3PG, {}),
+    "shac": (SHAC, {}),
+    "agpo": (AGPO, {}),
 }
 
 
@@ -69,5 +86,7 @@ def make_algorithm(task, run: RunConfig, cfg: AlgoConfig | None = None) -> Algor
 
 
 __all__ = ["ALGORITHMS", "STANDARD_METRICS", "EVAL_KEYS", "Algorithm", "AlgoConfig", "RunConfig", "PODS",
-           "PODSConfig", "BPTT", "BPTTConfig", "EstimatorPG", "EstimatorConfig", "TrajectoryOptimizer",
+           "PODSConfig", "BPTT", "BPTTConfig", "EstimatorPG", "EstimatorConfig", "PPOBaseline", "PPOConfig", "SACBaseline", "SACConfig",
+           "DDPGBaseline", "DDPGConfig", "D3PG", "D3PGConfig", "SHAC", "SHACConfig", "AGPO",
+           "AGPOConfig", "TrajectoryOptimizer",
            "TrajectoryStepConfig", "algo_config", "fixed_fields", "make_algorithm", "evaluate"]

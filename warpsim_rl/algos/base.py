@@ -93,6 +93,13 @@ class Algorithm:
         self.policy = self.register_module("policy", self.make_actor())
         self.rng = self.register_generator("rng", np.random.default_rng(run.seed))
         self.register_generator("torch", TORCH_GLOBAL_RNG)
+        self.register_buffer("env_steps", self.core.counter)
+
+    @property
+    def env_steps(self) -> int:
+        """Environment steps simulated for training so far (:class:`~warpsim_rl.core.StepCounter`
+        of ``self.core`` and its siblings; saved in checkpoints)."""
+        return self.core.counter.env_steps
 
     # -- shared pieces ---------------------------------------------------------------------------
     def make_actor(self) -> MLPPolicy:
@@ -120,15 +127,20 @@ class Algorithm:
                            optimizer=torch.optim.Adam, **kwargs) -> torch.optim.Optimizer:
         """An optimiser over ``params`` (default Adam) at ``lr`` (default ``cfg.lr``), its
         learning rate set at each epoch by ``schedule`` (default ``cfg.lr_schedule``)."""
-        self._check_name(name, self.optimizers)
         lr = self.cfg.lr if lr is None else lr
+        return self.adopt_optimizer(name, optimizer(params, lr=lr, **kwargs), lr, schedule)
+
+    def adopt_optimizer(self, name: str, optimizer: torch.optim.Optimizer, lr: float,
+                        schedule: str | None = None) -> torch.optim.Optimizer:
+        """Register an optimiser built elsewhere (e.g. by an skrl agent) with base learning rate
+        ``lr``, set at each epoch by ``schedule`` (default ``cfg.lr_schedule``)."""
+        self._check_name(name, self.optimizers)
         schedule = self.cfg.lr_schedule if schedule is None else schedule
         if schedule not in LR_SCHEDULES:
             raise ValueError(f"schedule = {schedule!r}: must be one of {sorted(LR_SCHEDULES)}")
-        opt = optimizer(params, lr=lr, **kwargs)
-        self.optimizers[name] = opt
+        self.optimizers[name] = optimizer
         self._schedules[name] = (lr, schedule)
-        return opt
+        return optimizer
 
     def register_buffer(self, name: str, buffer):
         self._check_name(name, self.buffers)
@@ -146,11 +158,14 @@ class Algorithm:
             raise ValueError(f"{name!r} is already registered")
 
     # -- the epoch -------------------------------------------------------------------------------
-    def begin_epoch(self, epoch: int) -> None:
-        """Set every optimiser's learning rate for 0-based ``epoch`` from its schedule."""
+    def begin_epoch(self, epoch: int, progress: float | None = None) -> None:
+        """Set every optimiser's learning rate for 0-based ``epoch`` from its schedule, at
+        ``progress`` through the run in [0, 1] (default ``epoch / run.epochs``; a run with a
+        wall-clock budget passes the larger of that and its fraction of the budget spent)."""
+        progress = epoch / self.run.epochs if progress is None else progress
         for name, opt in self.optimizers.items():
             base, schedule = self._schedules[name]
-            lr = LR_SCHEDULES[schedule](base, epoch, self.run.epochs)
+            lr = LR_SCHEDULES[schedule](base, progress)
             for group in opt.param_groups:
                 group["lr"] = lr
 
@@ -186,8 +201,16 @@ class Algorithm:
 
     # -- data-parallel training --------------------------------------------------------------------
     def parameters(self):
-        """Every trainable parameter of the registered modules, in registration order."""
-        return [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+        """Every trainable parameter of the registered modules, in registration order, each once
+        (a module may hold another registered one, e.g. a stochastic head around the actor)."""
+        seen: set[int] = set()
+        out = []
+        for m in self.modules.values():
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
 
     def broadcast_parameters(self, src: int = 0) -> None:
         """Copy rank ``src``'s parameters and buffers of every registered module to all ranks

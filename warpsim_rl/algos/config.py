@@ -23,7 +23,7 @@ from ..shards import check_threads
 from .schedules import LR_SCHEDULES
 
 __all__ = ["RunConfig", "AlgoConfig", "field_docs", "check_int", "check_positive", "check_choice", "check_bool",
-           "check_range"]
+           "check_range", "check_unit", "check_widths"]
 
 
 def check_int(name: str, value, minimum: int) -> None:
@@ -44,6 +44,25 @@ def check_range(name: str, value, low: float, high: float) -> None:
     """``value`` must lie in the open interval ``(low, high)``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
         raise ValueError(f"{name} = {value!r}: must be in ({low}, {high})")
+
+
+def check_widths(name: str, widths) -> tuple[int, ...]:
+    """``widths`` (a tuple or list of layer widths, each an integer >= 1) as a tuple."""
+    if isinstance(widths, list):
+        widths = tuple(widths)
+    if not isinstance(widths, tuple) or not widths:
+        raise ValueError(f"{name} = {widths!r}: expected one or more layer widths")
+    for i, w in enumerate(widths):
+        check_int(f"{name}[{i}]", w, 1)
+    return widths
+
+
+def check_unit(name: str, value, low_open: bool = False) -> None:
+    """``value`` must be a number in ``[0, 1]`` (``(0, 1]`` with ``low_open``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (0.0 < value if low_open else 0.0 <= value) and value <= 1.0
+    if not ok:
+        raise ValueError(f"{name} = {value!r}: must be in {'(0' if low_open else '[0'}, 1]")
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -106,6 +125,18 @@ class RunConfig:
     threads: int | None = None
     """CPU threads launching the simulator on shards of the envs (default: the available cores; 1 on
     CUDA); results do not depend on it"""
+    eval_every_s: float | None = None
+    """evaluate after the first epoch that completes each further ``eval_every_s`` seconds of training
+    time on ``budget_clock`` (in addition to ``eval_every``; for runs with a time budget, where epochs
+    differ in length by orders of magnitude between algorithms)"""
+    budget_s: float | None = None
+    """training budget in seconds of ``budget_clock`` (evaluation excluded): the run stops after the
+    epoch that reaches it, or at ``epochs``, whichever comes first; a linear learning-rate schedule
+    then follows the larger of the epoch fraction and the budget fraction (so its numbers depend on
+    timing)"""
+    budget_clock: str = "wall"
+    """the clock of ``budget_s`` and ``eval_every_s``: 'wall' (elapsed time) or 'cpu' (this process's
+    CPU time: with one thread, the compute spent whatever else shares the machine)"""
 
     def __post_init__(self):
         from ..tasks import task_name_problem
@@ -122,6 +153,11 @@ class RunConfig:
             check_int("horizon", self.horizon, 1)
         check_choice("dtype", self.dtype, ("float32", "float64"))
         check_threads(self.threads)
+        if self.eval_every_s is not None:
+            check_positive("eval_every_s", self.eval_every_s)
+        if self.budget_s is not None:
+            check_positive("budget_s", self.budget_s)
+        check_choice("budget_clock", self.budget_clock, ("wall", "cpu"))
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device = {self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
         if self.out is not None and (not isinstance(self.out, str) or not self.out):
@@ -156,12 +192,7 @@ class AlgoConfig:
     """'constant', or 'linear' (to 0 over the epochs, CleanRL's anneal_lr)"""
 
     def __post_init__(self):
-        if isinstance(self.hidden, list):
-            self.hidden = tuple(self.hidden)
-        if not isinstance(self.hidden, tuple) or not self.hidden:
-            raise ValueError(f"hidden = {self.hidden!r}: expected one or more layer widths")
-        for i, w in enumerate(self.hidden):
-            check_int(f"hidden[{i}]", w, 1)
+        self.hidden = check_widths("hidden", self.hidden)
         check_bool("normalize_obs", self.normalize_obs)
         check_positive("lr", self.lr)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)

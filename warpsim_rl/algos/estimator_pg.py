@@ -55,7 +55,6 @@ from ..core import StepCore, Trajectory
 from ..tasks import Task
 from .base import Algorithm
 from .config import AlgoConfig, RunConfig, check_choice, check_int, check_positive, check_range
-from .returns import masked_mean
 
 __all__ = ["EstimatorPG", "EstimatorConfig", "policy_vjp_per_sample", "NoisyPolicy"]
 
@@ -139,9 +138,8 @@ class EstimatorPG(Algorithm):
         super().__init__(task, run, cfg)
         self.method = cfg.method
         B, K = run.num_envs, cfg.samples
-        self.fo_core = StepCore(task, B * K, run.device, run.dtype, run.threads) if self.method != "zobg" else None
-        self.zo_core = StepCore(task, B * (K + 1), run.device, run.dtype, run.threads) if self.method != "fobg" \
-            else None
+        self.fo_core = self.core.sibling(B * K) if self.method != "zobg" else None
+        self.zo_core = self.core.sibling(B * (K + 1)) if self.method != "fobg" else None
         self.num_params = sum(p.numel() for p in self.policy.parameters())
         self.optimizer = self.register_optimizer("policy", self.policy.parameters())
 

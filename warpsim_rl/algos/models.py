@@ -87,9 +87,13 @@ class ObservationNormalizer(nn.Module):
         self.var.copy_(m2 / total)
         self.count.copy_(total)
 
+    @property
+    def std(self) -> torch.Tensor:
+        """(dim,) the standard deviation the features are divided by: ``max(sqrt(var), min_std)``."""
+        return self.var.sqrt().clamp_min(self.min_std)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        std = self.var.sqrt().clamp_min(self.min_std)
-        return ((obs - self.mean) / std).clamp(-self.clip, self.clip)
+        return ((obs - self.mean) / self.std).clamp(-self.clip, self.clip)
 
 
 class _Normalized(nn.Module):

@@ -19,7 +19,8 @@ Each epoch:
 4. regress ``pi_theta`` onto the improved actions along the improved trajectories ``s(a_bar')``
    (Eq. 7) with Adam, ``regression_steps`` steps per epoch;
 5. with ``policy_check``, keep the regressed policy only if its closed-loop return on the epoch's
-   initial states did not drop (an addition to the paper, :meth:`PODS._check_policy`).
+   initial states did not drop, backtracking on the regression step if it did (an addition to the
+   paper, :meth:`PODS._check_policy`).
 
 Steps 2–3 are :class:`~warpsim_rl.algos.trajectory.TrajectoryOptimizer`, usable on its own as a
 trajectory optimiser.
@@ -55,6 +56,9 @@ class PODSConfig(TrajectoryStepConfig, AlgoConfig):
     """minibatch of (state, action) pairs per Adam step"""
     policy_check: bool = True
     """keep a regressed policy only if its batch return did not drop"""
+    check_backtracks: int = 2
+    """with policy_check: halvings of the regression's parameter step tried when the full step lowers
+    the batch return, before the old policy is kept (0: keep or revert)"""
 
     def __post_init__(self):
         AlgoConfig.__post_init__(self)
@@ -62,6 +66,7 @@ class PODSConfig(TrajectoryStepConfig, AlgoConfig):
         check_int("regression_steps", self.regression_steps, 1)
         check_int("regression_batch", self.regression_batch, 1)
         check_bool("policy_check", self.policy_check)
+        check_int("check_backtracks", self.check_backtracks, 0)
 
 
 class PODS(Algorithm):
@@ -109,18 +114,34 @@ class PODS(Algorithm):
     @torch.no_grad()
     def _check_policy(self, state0, old: torch.Tensor, old_failed: torch.Tensor, saved) -> dict:
         """Keep the regressed policy only if its closed-loop return on this epoch's initial states
-        is at least the old policy's (envs that fail under either policy excluded); otherwise
-        restore the old weights, observation statistics and optimiser state. Regression (Eq. 7)
-        is not guaranteed to carry the trajectory-space improvement over to the closed loop; this
-        makes the batch return of ``pi_theta`` monotone, as PODS' improvement argument intends."""
-        new = self.core.rollout(self.policy, state0, self.task.horizon)
-        both = ~(old_failed | new.failed)
-        gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
-        accepted = gain >= 0.0 and not bool((new.failed & ~old_failed).any())
+        is at least the old policy's (envs that fail under either policy excluded, and no env may
+        fail that did not). If the full regression step fails the test, try the parameters
+        ``theta_old + beta (theta_new - theta_old)`` for ``beta = 1/2, 1/4, ...``
+        (``check_backtracks`` halvings, each one closed-loop rollout, the new observation
+        statistics kept) and keep the first that passes; if none does, restore the old weights,
+        observation statistics and optimiser state. Regression (Eq. 7) is not guaranteed to carry
+        the trajectory-space improvement over to the closed loop; this makes the batch return of
+        ``pi_theta`` monotone, as PODS' improvement argument intends, without freezing a policy
+        whose full regression steps keep overshooting (docs/algorithms.md)."""
+        new_params = {k: v.clone() for k, v in self.policy.named_parameters()}
+        old_params = {k: saved[0][k] for k in new_params}
+        beta, gain, accepted = 1.0, float("nan"), False
+        for attempt in range(self.cfg.check_backtracks + 1):
+            if attempt:
+                beta *= 0.5
+                for k, p in self.policy.named_parameters():
+                    p.copy_(torch.lerp(old_params[k], new_params[k], beta))
+            new = self.core.rollout(self.policy, state0, self.task.horizon)
+            both = ~(old_failed | new.failed)
+            gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
+            accepted = gain >= 0.0 and not bool((new.failed & ~old_failed).any())
+            if accepted:
+                break
         if not accepted:
             self.policy.load_state_dict(saved[0])
             self.optimizer.load_state_dict(saved[1])
-        return {"train/policy_accepted": int(accepted), "train/policy_gain": gain}
+        return {"train/policy_accepted": int(accepted), "train/policy_gain": gain,
+                "train/policy_step": beta if accepted else 0.0}
 
     def regress(self, X: torch.Tensor, Y: torch.Tensor) -> float:
         """Eq. 7: ``min_theta mean ||pi_theta(s_t) - a'_t||^2`` with Adam on random minibatches of

@@ -132,8 +132,7 @@ class TrajectoryOptimizer:
     def __init__(self, core: StepCore, cfg: TrajectoryStepConfig):
         self.core, self.cfg = core, cfg
         self.alphas = torch.tensor([0.5 ** i for i in range(cfg.line_search)], dtype=core.dtype, device=core.device)
-        self.search = StepCore(core.task, core.num_envs * cfg.line_search, str(core.model.device),
-                               "float32" if core.dtype == torch.float32 else "float64", core.model.threads)
+        self.search = core.sibling(core.num_envs * cfg.line_search)
 
     def rollout(self, state0, actions: torch.Tensor) -> Trajectory:
         """Open-loop rollout of ``actions`` (T, E, na or h, dim) with what :meth:`direction` needs

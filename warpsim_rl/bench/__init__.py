@@ -9,6 +9,15 @@ Subcommands (module):
                 (warpsim_rl.bench.envs).
     compare     train several algorithms over seeds at equal epochs; test-bed learning curves
                 (warpsim_rl.bench.compare).
+    table1      PODS Table 1: every algorithm on every row (task) over seeds at the same
+                wall-clock budget, cached and resumable; report, claims, figures
+                (warpsim_rl.bench.table1).
+    windows     a SHAC / AGPO epoch against the forward simulation of its steps
+                (warpsim_rl.bench.windows).
+    (python -m warpsim_rl.bench.d3pg {motivating,weights,update,memory}: the D3PG measurements,
+    warpsim_rl.bench.d3pg, a command of its own)
+    sweep       one algorithm over a hyper-parameter grid at a fixed wall-clock budget
+                (warpsim_rl.bench.sweep).
     estimators  bias/variance of the ZoBG/FoBG/AoBG gradient estimators; the wall strike
                 (warpsim_rl.bench.estimators).
     usd         time of the USD export of a rollout (warpsim_rl.bench.usd).

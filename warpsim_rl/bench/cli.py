@@ -77,6 +77,21 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default="runs/compare")
     cp.add_argument("--png", default=None, help="learning-curve figure")
     _common(cp)
+    tb = sub.add_parser("table1", help="PODS Table 1: every algorithm on every row at equal wall-clock budget")
+    from . import table1
+
+    table1.add_arguments(tb)
+    _common(tb, device=False)
+    wi = sub.add_parser("windows", help="a SHAC / AGPO epoch against the forward simulation of its steps")
+    wi.add_argument("--task", default="pendulum2d-stop")
+    wi.add_argument("--algo", default="shac", choices=["shac", "agpo"])
+    wi.add_argument("--threads", type=int, default=None, help="CPU launch threads (default: the available cores)")
+    _common(wi, envs=256, repeats=3)
+    sw = sub.add_parser("sweep", help="hyper-parameter grid of one algorithm at a fixed wall-clock budget")
+    from . import sweep
+
+    sweep.add_arguments(sw)
+    _common(sw, device=False)
     en = sub.add_parser("envs", help="env-steps/s of the torch env for every registered task")
     en.add_argument("--task", action="append", default=None, help="task name (repeatable; default: all)")
     en.add_argument("--envs", type=int, default=None,
@@ -125,6 +140,19 @@ def run(args) -> dict:
 
         return compare(args.env, args.algos, args.seeds, args.epochs, args.num_envs, args.out, args.eval_every,
                        args.device, args.dtype, args.png, progress=progress)
+    if args.cmd == "table1":
+        from .table1 import from_args as table1_from_args
+
+        return table1_from_args(args)
+    if args.cmd == "windows":
+        from .windows import window_epoch_cost
+
+        return window_epoch_cost(args.task, args.envs, args.repeats, args.dtype, args.threads, args.algo)
+    if args.cmd == "sweep":
+        from .sweep import parse_grid, sweep
+
+        return sweep(args.env, args.algo, parse_grid(args.grid), args.budget_s, args.seed, args.out, progress=progress,
+                     clock=args.clock)
     if args.cmd == "envs":
         from .envs import bench_envs
 

@@ -108,7 +108,7 @@ class SB3VecEnv(VecEnv):
         a, self._actions = self._actions, None
         with torch.no_grad():
             obs, rew, term, trunc, info = self.env.step(a)
-        E, o = self.num_envs, self._o
+        o = self._o
         # one host copy per step: [obs | final obs | reward | terminated | truncated | diverged]
         dt = obs.dtype
         packed = torch.cat([obs, info["final_observation"], rew[:, None].to(dt),

@@ -55,6 +55,9 @@ class WarpSimEnv:
             one device sync per step; ``validate=False`` skips all checks).
         threads: CPU threads launching the simulator kernels on shards of the envs (default:
             the available cores; results do not depend on it).
+        core: step an existing :class:`~warpsim_rl.core.StepCore` of this task and ``num_envs``
+            instead of building one (an algorithm's core: its env steps are counted there);
+            ``device``, ``dtype`` and ``threads`` are then the core's.
 
     Attributes:
         task, model, sim: the task, the batched :class:`~warpsim_rl.model.Model`, the
@@ -65,9 +68,15 @@ class WarpSimEnv:
     """
 
     def __init__(self, task: Task | str, num_envs: int, device="cpu", dtype="float32", seed=None,
-                 auto_reset: bool = True, validate: bool = True, threads: int | None = None):
+                 auto_reset: bool = True, validate: bool = True, threads: int | None = None,
+                 core: StepCore | None = None):
         self.task = make_task(task)
-        self.core = StepCore(self.task, num_envs, device, dtype, threads)
+        if core is None:
+            core = StepCore(self.task, num_envs, device, dtype, threads)
+        elif core.task is not self.task or core.num_envs != num_envs:
+            raise ValueError(f"core: a StepCore of {core.task.name!r} with {core.num_envs} envs cannot serve "
+                             f"task {self.task.name!r} with num_envs = {num_envs}")
+        self.core = core
         m = self.model = self.core.model
         self.sim = self.core.sim
         self.num_envs = m.num_envs
