@@ -8,7 +8,9 @@ Outputs in ``run.out_dir`` (:data:`RUN_FILES`):
   can still be resumed (it starts again from epoch 0 with this configuration);
 * ``metrics.csv`` — one row per epoch (training metrics, evaluation metrics when evaluated,
   ``time/epoch_s``, ``time/train_s`` — the training time so far, evaluation excluded, over every
-  session — and ``env_steps``, the environment steps simulated for training so far);
+  session —, their CPU-time counterparts ``time/epoch_cpu_s`` and ``time/train_cpu_s`` (this
+  process, all its threads), and ``env_steps``, the environment steps simulated for training so
+  far);
 * ``tb/`` — the same scalars for TensorBoard (``tensorboard --logdir runs``), plus the untrained
   policy's test-bed evaluation at step 0;
 * ``learning_curve.png`` — test-bed reward (from epoch 0) and training return over epochs;

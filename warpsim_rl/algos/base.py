@@ -161,7 +161,7 @@ class Algorithm:
     def begin_epoch(self, epoch: int, progress: float | None = None) -> None:
         """Set every optimiser's learning rate for 0-based ``epoch`` from its schedule, at
         ``progress`` through the run in [0, 1] (default ``epoch / run.epochs``; a run with a
-        wall-clock budget passes the larger of that and its fraction of the budget spent)."""
+        time budget passes the larger of that and its fraction of the budget spent)."""
         progress = epoch / self.run.epochs if progress is None else progress
         for name, opt in self.optimizers.items():
             base, schedule = self._schedules[name]

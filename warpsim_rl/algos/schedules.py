@@ -1,5 +1,5 @@
 """Learning-rate schedules: ``lr = schedule(base_lr, progress)`` at ``progress`` in [0, 1] through
-the run (``epoch / epochs`` for the 0-based epoch, or the fraction of a wall-clock budget spent).
+the run (``epoch / epochs`` for the 0-based epoch, or the fraction of a time budget spent).
 :data:`LR_SCHEDULES` maps the ``--lr-schedule`` names to them."""
 
 from __future__ import annotations

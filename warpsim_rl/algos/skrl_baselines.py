@@ -315,9 +315,9 @@ class SkrlAgent(Algorithm):
     def agent_optimizers(self) -> dict[str, torch.optim.Optimizer]:  # pragma: no cover
         raise NotImplementedError
 
-    def memory_rows(self) -> int:
+    def memory_rows(self) -> int:  # pragma: no cover
         """Rows per env of skrl's memory."""
-        return self.cfg.replay_size // self.run.num_envs if hasattr(self.cfg, "replay_size") else 1
+        raise NotImplementedError
 
     def _critic(self, Critic, with_action: bool) -> nn.Module:
         return Critic(self.policy.normalizer, self.env.observation_space, self.env.action_space, self.device,
@@ -328,7 +328,6 @@ class SkrlAgent(Algorithm):
         task, agent, env = self.task, self.agent, self.env.torch_env
         pos, vel = task.sample_initial_states(self.run.num_envs, self.rng)
         obs, _ = env.reset(initial_state=(pos, vel))
-        self.env._observations = obs
         H = task.horizon
         total = torch.zeros(self.run.num_envs, dtype=self.dtype, device=self.device)
         diverged = torch.zeros(self.run.num_envs, dtype=torch.bool, device=self.device)
@@ -404,7 +403,20 @@ class PPOBaseline(SkrlAgent):
         return {"ppo": self.agent.optimizer}
 
 
-class SACBaseline(SkrlAgent):
+class _ReplayAgent(SkrlAgent):
+    """What SAC and DDPG share: a replay memory of ``replay_size`` transitions and the
+    off-policy options of :class:`OffPolicyConfig`."""
+
+    def memory_rows(self) -> int:
+        return self.cfg.replay_size // self.run.num_envs
+
+    def replay_config(self) -> dict[str, Any]:
+        c = self.cfg
+        return dict(gradient_steps=c.gradient_steps, batch_size=c.batch_size, discount_factor=c.gamma, polyak=c.polyak,
+                    learning_rate=c.lr, learning_starts=c.learning_starts)
+
+
+class SACBaseline(_ReplayAgent):
     Config = SACConfig
     AGENT = ("skrl.agents.torch.sac", "SAC", "SAC_CFG")
 
@@ -416,17 +428,14 @@ class SACBaseline(SkrlAgent):
         return models
 
     def agent_config(self):
-        c = self.cfg
-        return dict(gradient_steps=c.gradient_steps, batch_size=c.batch_size, discount_factor=c.gamma, polyak=c.polyak,
-                    learning_rate=c.lr, learning_starts=c.learning_starts, learn_entropy=True,
-                    initial_entropy_value=c.initial_entropy)
+        return dict(self.replay_config(), learn_entropy=True, initial_entropy_value=self.cfg.initial_entropy)
 
     def agent_optimizers(self):
         a = self.agent
         return {"policy": a.policy_optimizer, "critic": a.critic_optimizer, "entropy": a.entropy_optimizer}
 
 
-class DDPGBaseline(SkrlAgent):
+class DDPGBaseline(_ReplayAgent):
     Config = DDPGConfig
     AGENT = ("skrl.agents.torch.ddpg", "DDPG", "DDPG_CFG")
 
@@ -445,8 +454,7 @@ class DDPGBaseline(SkrlAgent):
         if not bool((limit == limit[0]).all()):
             raise ValueError(f"task {self.task.name}: DDPG's Gaussian noise needs one action limit for every axis, "
                              f"got {limit.tolist()}")
-        return dict(gradient_steps=c.gradient_steps, batch_size=c.batch_size, discount_factor=c.gamma, polyak=c.polyak,
-                    learning_rate=c.lr, learning_starts=c.learning_starts, exploration_noise=GaussianNoise,
+        return dict(self.replay_config(), exploration_noise=GaussianNoise,
                     exploration_noise_kwargs={"mean": 0.0, "std": c.noise_std * float(limit[0]), "device": self.device})
 
     def agent_optimizers(self):
