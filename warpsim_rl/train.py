@@ -6,6 +6,7 @@
     python train.py --algo zobg --help                # the options of one algorithm
     python train.py --config my_run.toml --seed 3     # flags override the file
     python train.py --resume runs/pendulum2d-stop-pods2-s0 --epochs 60
+    torchrun --standalone --nproc_per_node=2 train.py --num-envs 512   # data-parallel (docs/distributed.md)
 
 Run options are the fields of ``warpsim_rl.algos.RunConfig``; algorithm options are the fields of
 the chosen algorithm's config dataclass (``--line-search`` for ``line_search``). A TOML config
@@ -200,9 +201,16 @@ def main(argv=None) -> int:
         print(format_task_rows(describe_tasks()))
         return 0
     resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv) and not {"-h", "--help"} & set(argv)
+    from . import distributed
+
     try:
         from .training import CheckpointError, TrainingInterrupted, train
 
+        if distributed.launched():
+            error = _join_process_group()
+            if error:
+                print(error, file=sys.stderr)
+                return 2
         try:
             if resuming:
                 args = _resume_args(argv)
@@ -211,17 +219,50 @@ def main(argv=None) -> int:
             else:
                 args, run, cfg = configs_from_args(argv)
                 results = train(run, cfg, progress=not args.no_progress, overwrite=args.overwrite)
-        except (ValueError, CheckpointError, PermissionError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            lead = distributed.rank() == 0
+        except (ValueError, CheckpointError, PermissionError, distributed.DistributedError) as e:
+            _report(f"error: {e}", e)
             return 2
         except TrainingInterrupted as e:
-            print(e, file=sys.stderr)
+            _report(str(e), e)
             return 130
     except KeyboardInterrupt:
-        print("interrupted before the run started; run the same command again to start it", file=sys.stderr)
+        _report("interrupted before the run started; run the same command again to start it", None)
         return 130
-    print(json.dumps(results, indent=2))
+    finally:
+        distributed.shutdown()
+    if lead:
+        print(json.dumps(results, indent=2))
     return 0
+
+
+def _join_process_group() -> str | None:
+    """Under torchrun: join the process group, and make SIGTERM (torchrun's way of stopping the
+    other ranks when one fails) stop this rank like Ctrl-C. Returns an error line, or ``None``."""
+    import signal
+
+    from . import distributed
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        distributed.init_from_environment()
+    except (RuntimeError, ValueError) as e:  # a rendezvous that fails or times out, a bad timeout value
+        return f"error: could not join the torchrun process group ({type(e).__name__}: {e})"
+    signal.signal(signal.SIGTERM, stop)
+    return None
+
+
+def _report(line: str, error) -> None:
+    """Print ``line`` on stderr: on rank 0 always; on another rank only an error of its own
+    (not one rank 0 reports, nor an interruption), prefixed with its rank."""
+    from . import distributed
+
+    if distributed.rank() == 0:
+        print(line, file=sys.stderr)
+    elif isinstance(error, Exception) and not getattr(error, "from_lead", False):
+        print(f"rank {distributed.rank()}: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,19 @@ Outputs in ``run.out_dir`` (:data:`RUN_FILES`):
   measure this run);
 * ``eval.usdc`` — the first ``usd_envs`` final evaluation rollouts as time-sampled USD.
 
+Under ``torchrun`` (:mod:`warpsim_rl.distributed`, docs/distributed.md) only rank 0 reads the
+checkpoint to resume (and broadcasts it) and writes these files; an epoch's ``time/epoch_s`` is
+the slowest rank's, ``time/epoch_cpu_s`` and ``env_steps`` are sums over the ranks, and
+``dist/bytes`` / ``dist/collectives`` are rank 0's collective payload of the epoch. A failed
+collective (a rank died) raises :class:`~warpsim_rl.distributed.DistributedError` naming the run
+folder, the epoch its checkpoint holds and how to resume.
+
 Every file is written with the permissions the umask gives (``0666 & ~umask``; folders
 ``0777 & ~umask``). A folder that already holds any of these files is refused (resume it, or pass
 ``overwrite=True``, which deletes exactly those files first). Ctrl-C raises
 :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) saying which epoch was interrupted, which
-epoch the checkpoint holds and how to resume.
+epoch the checkpoint holds and how to resume; a Ctrl-C that Python dropped (raised inside a
+finaliser) still stops the run after the epoch (:class:`_CtrlC`).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from pathlib import Path
 import torch
 
 from .algos import ALGORITHMS, EVAL_KEYS, RunConfig, algo_config, evaluate, make_algorithm
+from . import distributed
 from .algos.config import AlgoConfig
 from .core import StepCore
 from .tasks import make_task
@@ -221,17 +230,10 @@ def _resume_source(resume) -> tuple[dict | None, RunConfig, AlgoConfig, Path]:
     return ckpt, run, cfg, folder
 
 
-def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = None, epochs: int | None = None,
-          progress: bool = True, overwrite: bool = False, threads: int | None = None) -> dict:
-    """Train ``run.algo`` with its configuration ``cfg`` (default: the registry's), or resume the
-    run in folder (or checkpoint) ``resume`` with its own configuration (``epochs`` may extend
-    it; the outputs stay in that folder). A folder that was interrupted before its first
-    checkpoint is resumed from its ``config.json``, starting again at epoch 0.
-
-    A new run refuses (:class:`RunExistsError`) an ``out_dir`` that already holds run files
-    (:data:`RUN_FILES`) unless ``overwrite``, which deletes those files first. Ctrl-C raises
-    :class:`TrainingInterrupted`. ``threads`` (resume only) replaces the run's CPU launch threads,
-    which change no number. Returns the final results (also in ``results.json``)."""
+def _prepare(run, cfg, resume, epochs, overwrite, threads):
+    """The file side of :func:`train`'s start (rank 0 only under torchrun): the checkpoint or
+    config.json to resume from, the checks of the output folder, and the config.json written.
+    Returns ``(checkpoint or None, restart, run, cfg, created)``."""
     ckpt, restart = None, False
     if resume:
         if overwrite:
@@ -261,18 +263,62 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
         _clear_run_files(out)
     cfg_dict = {"run": dataclasses.asdict(run), "algo": dataclasses.asdict(cfg)}
     atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg_dict, indent=2)))
+    return ckpt, restart, run, cfg, created
+
+
+def _on_lead(fn):
+    """``fn()`` run on rank 0 only, its result — or the exception it raised, marked
+    ``from_lead = True`` on the other ranks (rank 0 reports it) — on every rank. In one process:
+    ``fn()``."""
+    if not distributed.is_distributed():
+        return fn()
+    result = error = None
+    if distributed.rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - handed to every rank, raised there
+            error = e
+    result, error = distributed.broadcast_object((result, error))
+    if error is not None:
+        if distributed.rank() != 0:
+            error.from_lead = True
+        raise error
+    return result
+
+
+def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = None, epochs: int | None = None,
+          progress: bool = True, overwrite: bool = False, threads: int | None = None) -> dict:
+    """Train ``run.algo`` with its configuration ``cfg`` (default: the registry's), or resume the
+    run in folder (or checkpoint) ``resume`` with its own configuration (``epochs`` may extend
+    it; the outputs stay in that folder). A folder that was interrupted before its first
+    checkpoint is resumed from its ``config.json``, starting again at epoch 0.
+
+    A new run refuses (:class:`RunExistsError`) an ``out_dir`` that already holds run files
+    (:data:`RUN_FILES`) unless ``overwrite``, which deletes those files first. Ctrl-C raises
+    :class:`TrainingInterrupted`. ``threads`` (resume only) replaces the run's CPU launch threads,
+    which change no number. Returns the final results (also in ``results.json``)."""
+    ckpt, restart, run, cfg, created = _on_lead(lambda: _prepare(run, cfg, resume, epochs, overwrite, threads))
+    out = Path(run.out_dir)
+    lead = distributed.rank() == 0
+    cfg_dict = {"run": dataclasses.asdict(run), "algo": dataclasses.asdict(cfg)}
+    if distributed.is_distributed():  # this rank's device and share of the cores (no number changes)
+        run = dataclasses.replace(run, device=distributed.local_device(run.device),
+                                  threads=run.threads or distributed.local_threads())
 
     start = ckpt["epoch"] if ckpt is not None else 0
     saved = start if ckpt is not None else None  # the epoch the checkpoint on disk holds
     epoch_now = None
     writer = bar = None
+    ctrl_c = _CtrlC().__enter__()
     try:
         try:
             task = _task_of(run)
             algo = make_algorithm(task, run, cfg)
-            eval_core = StepCore(task, task.test_bed_size, run.device, run.dtype, run.threads)
+            algo.broadcast_parameters()
+            bed = distributed.env_slice(task.test_bed_size)
+            eval_core = StepCore(task, bed[1] - bed[0], run.device, run.dtype, run.threads)
         except Exception:
-            if ckpt is None and not restart:  # a new run that could not start leaves nothing behind
+            if lead and ckpt is None and not restart:  # a new run that could not start leaves nothing behind
                 (out / "config.json").unlink(missing_ok=True)
                 if created:
                     try:
@@ -299,13 +345,14 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
             untrained = {"epoch": 0, **{k: ev[k] for k in sorted(ev)}}
         if ckpt is not None:
             algo.load_state_dict(ckpt["algorithm"])
-        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
-        if not start:
-            for k, v in _eval_metrics(untrained).items():
-                writer.add_scalar(k, v, 0)
+        if lead:
+            writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
+            if not start:
+                for k, v in _eval_metrics(untrained).items():
+                    writer.add_scalar(k, v, 0)
         keys: list[str] = []
         final = None
-        bar = tqdm(range(start, run.epochs), initial=start, total=run.epochs, disable=not progress,
+        bar = tqdm(range(start, run.epochs), initial=start, total=run.epochs, disable=not (progress and lead),
                    desc=f"{run.algo} {run.env}", unit="epoch")
         clock_key = "time/train_s" if run.budget_clock == "wall" else "time/train_cpu_s"
         trained = {k: history[-1].get(k, 0.0) if history else 0.0 for k in ("time/train_s", "time/train_cpu_s")}
@@ -314,12 +361,15 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
             if run.budget_s is not None and spent >= run.budget_s:
                 break
             epoch_now = epoch + 1
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, steps0 = time.perf_counter(), time.process_time(), algo.env_steps
             fraction = None if run.budget_s is None else max(epoch / run.epochs, spent / run.budget_s)
+            distributed.TRAFFIC.reset()
             algo.begin_epoch(epoch, fraction)
             row = {"epoch": epoch + 1, **algo.train_epoch()}
             row["time/epoch_s"] = time.perf_counter() - t0
             row["time/epoch_cpu_s"] = time.process_time() - c0
+            if distributed.is_distributed():
+                _merge_ranks(row, algo.core.counter, steps0)
             trained["time/train_s"] += row["time/epoch_s"]
             trained["time/train_cpu_s"] += row["time/epoch_cpu_s"]
             row.update(trained)
@@ -334,15 +384,17 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
                     final = (ev, traj)  # the final evaluation: the same policy, the same test bed
                 row.update(_eval_metrics(ev))
             history.append(row)
-            for k, v in row.items():
-                if k != "epoch":
-                    writer.add_scalar(k, v, epoch + 1)
-            keys = sorted({k for h in history for k in h} | {"epoch"}, key=lambda k: (k != "epoch", k))
-            atomic_write(out / "metrics.csv", lambda tmp: _write_csv(tmp, keys, history))
-            state = {"config": cfg_dict, "epoch": epoch + 1, "algorithm": algo.state_dict(), "history": history,
-                     "untrained": untrained, "train_time_s": before + time.perf_counter() - t_run}
-            atomic_write(out / "checkpoint.pt", lambda tmp, state=state: torch.save(state, tmp))
+            if lead:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch + 1)
+                keys = sorted({k for h in history for k in h} | {"epoch"}, key=lambda k: (k != "epoch", k))
+                atomic_write(out / "metrics.csv", lambda tmp: _write_csv(tmp, keys, history))
+                state = {"config": cfg_dict, "epoch": epoch + 1, "algorithm": algo.state_dict(), "history": history,
+                         "untrained": untrained, "train_time_s": before + time.perf_counter() - t_run}
+                atomic_write(out / "checkpoint.pt", lambda tmp, state=state: torch.save(state, tmp))
             saved = epoch + 1
+            ctrl_c.check()
             bar.set_postfix({"return": f"{row.get('train/return_before', float('nan')):.2f}",
                              **({"test": f"{row['eval/reward']:.2f}"} if "eval/reward" in row else {})})
         epoch_now = None
@@ -353,8 +405,9 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
         session = time.perf_counter() - t_run
         start_row = {"epoch": 0, "train/return_before": float("nan"), "eval/reward": untrained["reward"],
                      "eval/reward_std": untrained["reward_std"]}
-        plot_learning_curve([start_row, *history], out / "learning_curve.png",
-                            f"{run.algo} on {run.env} (seed {run.seed})")
+        if lead:
+            plot_learning_curve([start_row, *history], out / "learning_curve.png",
+                                f"{run.algo} on {run.env} (seed {run.seed})")
         first = ("time/epoch_s" if run.budget_clock == "wall" else "time/epoch_cpu_s")
         budget = {} if run.budget_s is None else {"budget_s": run.budget_s, "budget_clock": run.budget_clock,
                                                    "first_epoch_s": history[0][first] if history else None}
@@ -366,17 +419,90 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
                    "curve": [{"epoch": 0, "time/train_s": 0.0, "time/train_cpu_s": 0.0, "env_steps": 0,
                               "eval/reward": untrained["reward"]},
                              *({k: h[k] for k in CURVE_KEYS if k in h and _finite(h[k])} for h in history)]}
-        atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
-        if run.usd_envs:
-            _export_usd(task, traj, out / "eval.usdc", run, len(history))
+        if lead:
+            atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
+            if run.usd_envs:
+                _export_usd(task, traj, out / "eval.usdc", run, len(history))
     except KeyboardInterrupt:
         raise TrainingInterrupted(out, epoch_now, saved, run.epochs) from None
+    except distributed.DistributedError as e:
+        held = "no checkpoint yet" if saved is None else f"the checkpoint there holds epoch {saved}"
+        raise distributed.DistributedError(f"{e}. Run folder {str(out)!r}: {held}; resume with `python train.py "
+                                           f"--resume {shlex.quote(str(out))}` (under torchrun or not, any "
+                                           f"world size)") from None
     finally:
+        ctrl_c.__exit__()
         if bar is not None:
             bar.close()
         if writer is not None:
             writer.close()
     return results
+
+
+class _CtrlC:
+    """Ctrl-C for the duration of :func:`train`, made reliable.
+
+    Python turns SIGINT into a ``KeyboardInterrupt`` raised wherever the main thread happens to
+    be; when that is inside a finaliser (``__del__`` of a Warp array, a weakref callback) Python
+    prints "Exception ignored" and drops it, and the run goes on as if Ctrl-C never came. This
+    handler raises the same ``KeyboardInterrupt`` and also records it, so :meth:`check` (called
+    after every epoch) stops the run even when the first one was dropped, and the dropped one is
+    not printed. Installed only where Python's own SIGINT handler is (the main thread, SIGINT not
+    ignored); the previous handler and unraisable hook are restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self):
+        import signal
+        import sys
+        import threading
+
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous_hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
+            signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        import sys
+
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.unraisablehook = self._previous_hook
+            self._installed = False
+        return False
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def _unraisable(self, info) -> None:
+        if not (self.requested and isinstance(info.exc_value, KeyboardInterrupt)):
+            self._previous_hook(info)
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt`` if Ctrl-C came and was dropped."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+def _merge_ranks(row: dict, counter, steps_before: int) -> None:
+    """Under torchrun, make the epoch's row the run's: ``time/epoch_s`` the slowest rank's,
+    ``time/epoch_cpu_s`` and the env steps the sums over the ranks (the step counter of every
+    rank is set to the global count), so every rank takes the same budget and evaluation
+    decisions; ``dist/bytes`` and ``dist/collectives`` the payload this rank handed to the
+    epoch's collectives (:data:`~warpsim_rl.distributed.TRAFFIC`)."""
+    row["dist/bytes"], row["dist/collectives"] = distributed.TRAFFIC.reset()
+    wall = distributed.all_reduce(torch.tensor([row["time/epoch_s"]], dtype=torch.float64), "max")
+    summed = distributed.all_reduce(torch.tensor([row["time/epoch_cpu_s"], counter.env_steps - steps_before],
+                                                 dtype=torch.float64), "sum")
+    row["time/epoch_s"], row["time/epoch_cpu_s"] = float(wall[0]), float(summed[0])
+    counter.env_steps = steps_before + int(summed[1])
 
 
 def _finite(v) -> bool:

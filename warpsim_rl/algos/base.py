@@ -16,6 +16,12 @@ own config dataclass (``Algorithm.Config``). The base owns
   broadcast and the flat gradient all-reduce of data-parallel training work on those registries,
   so a new algorithm only registers its pieces.
 
+Under ``torchrun`` (:mod:`warpsim_rl.distributed`) ``run.num_envs`` is the global count: the core
+holds this rank's block ``self.env_slice`` of it, :meth:`Algorithm.initial_state` draws the global
+batch and keeps the block, losses are each rank's share of the global loss
+(:meth:`Algorithm.global_mean`) and :meth:`Algorithm.all_reduce_gradients` sums the gradients. An
+algorithm written that way sets ``DISTRIBUTED = True``; the others refuse a world size above 1.
+
 A subclass implements :meth:`train_epoch` (returning a metrics dict with at least
 :data:`STANDARD_METRICS`) and, if it has extra pieces, registers them in ``__init__``.
 """
@@ -27,10 +33,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .. import distributed
 from ..core import StepCore
 from ..tasks import Task
 from .config import AlgoConfig, RunConfig
 from .models import MLPPolicy
+from .returns import masked_mean
 from .schedules import LR_SCHEDULES
 
 __all__ = ["Algorithm", "STANDARD_METRICS", "TORCH_GLOBAL_RNG"]
@@ -77,12 +85,22 @@ class Algorithm:
 
     #: the algorithm's config dataclass (a subclass of AlgoConfig)
     Config: ClassVar[type[AlgoConfig]] = AlgoConfig
+    #: whether the algorithm runs data-parallel under torchrun (see the module doc)
+    DISTRIBUTED: ClassVar[bool] = False
 
     def __init__(self, task: Task, run: RunConfig, cfg: AlgoConfig):
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
+        if distributed.is_distributed() and not self.DISTRIBUTED:
+            from . import ALGORITHMS
+
+            able = sorted(k for k, (cls, _) in ALGORITHMS.items() if cls.DISTRIBUTED)
+            raise ValueError(f"algo = {run.algo!r} runs in one process only; under torchrun (world size "
+                             f"{distributed.world_size()}) use one of {able}")
         self.task, self.run, self.cfg = task, run, cfg
-        self.core = StepCore(task, run.num_envs, run.device, run.dtype, run.threads)
+        #: this rank's block [e0, e1) of the run's num_envs environments ((0, num_envs) in one process)
+        self.env_slice = distributed.env_slice(run.num_envs)
+        self.core = StepCore(task, self.env_slice[1] - self.env_slice[0], run.device, run.dtype, run.threads)
         self.device, self.dtype = self.core.device, self.core.dtype
         self.modules: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -109,10 +127,14 @@ class Algorithm:
                          normalize=self.cfg.normalize_obs).to(device=self.device, dtype=self.dtype)
 
     def initial_state(self, core: StepCore | None = None, copies: int = 1):
-        """``num_envs`` initial states drawn from the task's distribution with ``self.rng``, each
-        repeated ``copies`` times (sample-major: env ``k * num_envs + b``), as the state tuple of
+        """``num_envs`` initial states drawn from the task's distribution with ``self.rng`` (under
+        torchrun: this rank's block ``env_slice`` of them), each repeated ``copies`` times
+        (sample-major: env ``k * E + b`` for the ``E`` envs of the block), as the state tuple of
         ``core`` (default ``self.core``)."""
         pos, vel = self.task.sample_initial_states(self.run.num_envs, self.rng)
+        e0, e1 = self.env_slice
+        if (e0, e1) != (0, self.run.num_envs):  # under torchrun: this rank's block of the global draw
+            pos, vel = pos[e0:e1], vel[e0:e1]
         if copies > 1:
             pos, vel = (np.tile(a, (copies, 1, 1)) for a in (pos, vel))
         return (core or self.core).initial_state(pos, vel)
@@ -214,30 +236,43 @@ class Algorithm:
 
     def broadcast_parameters(self, src: int = 0) -> None:
         """Copy rank ``src``'s parameters and buffers of every registered module to all ranks
-        (``torch.distributed``; a no-op without a process group)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
+        (a no-op in one process)."""
+        if not distributed.is_distributed():
             return
         for m in self.modules.values():
             for t in list(m.parameters()) + list(m.buffers()):
-                dist.broadcast(t.data, src)
+                flat = t.data.reshape(-1).clone() if not t.data.is_contiguous() else t.data
+                distributed.broadcast_tensor(flat, src)
+                if flat is not t.data:
+                    t.data.copy_(flat.view_as(t.data))
 
     def all_reduce_gradients(self) -> None:
-        """Average the gradients of every registered parameter over the ranks with one flat
-        all-reduce (rsl_rl's scheme; a no-op without a process group)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
+        """Sum the gradients of every registered parameter over the ranks with one flat
+        all-reduce (rsl_rl's scheme; a no-op in one process). Each rank's loss must be its share
+        of the global loss (:meth:`global_mean`), so that the sum is the global gradient."""
+        if not distributed.is_distributed():
             return
         params = [p for p in self.parameters() if p.grad is not None]
         if not params:
             return
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
+        flat = distributed.all_reduce(torch.cat([p.grad.reshape(-1) for p in params]), "sum")
         offset = 0
         for p in params:
             n = p.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
             offset += n
+
+    @staticmethod
+    def global_mean(values: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the mean of ``values`` over the entries where ``ok`` holds on every
+        rank: ``sum_local(where(ok, values, 0)) / count_global(ok)`` (differentiable; summed over
+        the ranks it is the global mean). In one process: :func:`~.returns.masked_mean` exactly."""
+        if not distributed.is_distributed():
+            return masked_mean(values, ok)
+        zero = torch.zeros((), dtype=values.dtype, device=values.device)
+        return torch.where(ok, values, zero).sum() / distributed.global_count(ok.expand_as(values)).clamp_min(1)
+
+    @staticmethod
+    def global_value(share: torch.Tensor) -> float:
+        """The sum over the ranks of a per-rank share (e.g. of :meth:`global_mean`) as a float."""
+        return float(distributed.all_reduce(share.detach().reshape(1).clone(), "sum")[0])

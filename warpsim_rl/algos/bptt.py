@@ -12,10 +12,10 @@ import dataclasses
 
 import torch
 
+from .. import distributed
 from ..tasks import Task
 from .base import Algorithm
 from .config import AlgoConfig, RunConfig, check_int, check_positive
-from .returns import masked_mean
 
 __all__ = ["BPTT", "BPTTConfig"]
 
@@ -41,6 +41,7 @@ class BPTTConfig(AlgoConfig):
 
 class BPTT(Algorithm):
     Config = BPTTConfig
+    DISTRIBUTED = True
 
     def __init__(self, task: Task, run: RunConfig, cfg: BPTTConfig):
         super().__init__(task, run, cfg)
@@ -52,7 +53,7 @@ class BPTT(Algorithm):
         for _ in range(cfg.gradient_steps):
             traj = self.core.rollout(self.policy, state0, task.horizon, graph=True)
             ok = ~traj.failed
-            loss = -masked_mean(traj.returns, ok)
+            loss = -self.global_mean(traj.returns, ok)  # under torchrun: this rank's share
             self.optimizer.zero_grad()
             loss.backward()
             self.all_reduce_gradients()
@@ -61,5 +62,5 @@ class BPTT(Algorithm):
         # after the steps: the graph was built with the old statistics (in-place update); states of
         # failed environments are not observed
         self.policy.observe(traj.obs.detach()[:, ok])
-        return {"train/return_before": float(masked_mean(traj.returns.detach(), ok)), "train/grad_norm": float(norm),
-                "train/diverged": int(traj.failed.sum())}
+        return {"train/return_before": self.global_value(self.global_mean(traj.returns.detach(), ok)),
+                "train/grad_norm": float(norm), "train/diverged": int(distributed.global_count(traj.failed))}

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import is_distributed, merge_moments
+
 __all__ = ["ACTIVATIONS", "mlp", "ObservationNormalizer", "MLPPolicy", "SquashedGaussianActor",
            "ValueCritic", "TwinQCritic", "soft_update", "hard_update"]
 
@@ -73,13 +75,14 @@ class ObservationNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, obs: torch.Tensor) -> None:
-        """Merge a batch (..., dim) into the running statistics (Chan et al.'s parallel update)."""
+        """Merge a batch (..., dim) into the running statistics (Chan et al.'s parallel update); under
+        ``torchrun`` the batch is the union of every rank's (a collective: every rank calls it)."""
         x = obs.detach().reshape(-1, self.mean.shape[0]).to(self.mean.dtype)
-        n = x.shape[0]
+        if x.shape[0] == 0 and not is_distributed():
+            return
+        n, b_mean, b_var = merge_moments(x)  # under torchrun: the batch of every rank
         if n == 0:
             return
-        b_mean = x.mean(0)
-        b_var = x.var(0, unbiased=False)
         total = self.count + n
         delta = b_mean - self.mean
         m2 = self.var * self.count + b_var * n + delta.square() * self.count * n / total

@@ -33,10 +33,10 @@ import dataclasses
 
 import torch
 
+from .. import distributed
 from ..tasks import Task
 from .base import Algorithm
 from .config import AlgoConfig, RunConfig, check_bool, check_int
-from .returns import masked_mean
 from .trajectory import TrajectoryOptimizer, TrajectoryStepConfig
 
 __all__ = ["PODS", "PODSConfig"]
@@ -73,6 +73,7 @@ class PODS(Algorithm):
     """PODS first (``order=1``) or second (``order=2``) order. See the module doc."""
 
     Config = PODSConfig
+    DISTRIBUTED = True
 
     def __init__(self, task: Task, run: RunConfig, cfg: PODSConfig):
         super().__init__(task, run, cfg)
@@ -92,7 +93,7 @@ class PODS(Algorithm):
         loss = float("nan")
         old = res.returns_before
         metrics = {}
-        if bool(ok.any()):
+        if int(distributed.global_count(ok)) > 0:  # under torchrun: on any rank (every rank regresses)
             X = res.obs[:, ok].reshape(-1, task.obs_dim)
             Y = res.actions[:, ok].reshape(-1, task.action_dim)
             if cfg.policy_check:
@@ -101,13 +102,15 @@ class PODS(Algorithm):
             loss = self.regress(X, Y)
             if cfg.policy_check:
                 metrics = self._check_policy(state0, old, traj.failed, saved)
+        ran = ~traj.failed
+        everywhere = torch.ones_like(ran)
         return {
-            "train/return_before": float(masked_mean(old, ~traj.failed)),
-            "train/return_after": float(masked_mean(res.returns_after, ~traj.failed)),
-            "train/improved_fraction": float(res.improved.float().mean()),
-            "train/alpha_mean": float(res.alpha.mean()),
+            "train/return_before": self.global_value(self.global_mean(old, ran)),
+            "train/return_after": self.global_value(self.global_mean(res.returns_after, ran)),
+            "train/improved_fraction": self.global_value(self.global_mean(res.improved.float(), everywhere)),
+            "train/alpha_mean": self.global_value(self.global_mean(res.alpha, everywhere)),
             "train/regression_loss": loss,
-            "train/diverged": int(traj.failed.sum()),
+            "train/diverged": int(distributed.global_count(traj.failed)),
             **metrics,
         }
 
@@ -133,8 +136,13 @@ class PODS(Algorithm):
                     p.copy_(torch.lerp(old_params[k], new_params[k], beta))
             new = self.core.rollout(self.policy, state0, self.task.horizon)
             both = ~(old_failed | new.failed)
-            gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
-            accepted = gain >= 0.0 and not bool((new.failed & ~old_failed).any())
+            if distributed.is_distributed():  # the global batch's gain and failures: one decision everywhere
+                gain = self.global_value(self.global_mean(new.returns - old, both))
+                newly_failed = int(distributed.global_count(new.failed & ~old_failed))
+            else:
+                gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
+                newly_failed = int((new.failed & ~old_failed).sum())
+            accepted = gain >= 0.0 and newly_failed == 0
             if accepted:
                 break
         if not accepted:
@@ -145,14 +153,46 @@ class PODS(Algorithm):
 
     def regress(self, X: torch.Tensor, Y: torch.Tensor) -> float:
         """Eq. 7: ``min_theta mean ||pi_theta(s_t) - a'_t||^2`` with Adam on random minibatches of
-        ``regression_batch`` pairs (drawn with torch's generator, saved in checkpoints)."""
-        n = X.shape[0]
+        ``regression_batch`` pairs (drawn with torch's generator, saved in checkpoints). ``X``,
+        ``Y``: the ``(T * n, dim)`` pairs of ``n`` rollouts, time-major.
+
+        Under torchrun the pairs of every rank form one global set (time-major over the ranks'
+        rollouts in rank order, as in one process): every rank draws the same global minibatch,
+        takes the loss of the pairs it holds divided by the minibatch size, and the summed
+        gradients are the single-process gradient."""
+        T = self.task.horizon
+        draw = _GlobalPairs(X.shape[0] // T, T) if distributed.is_distributed() else None
+        n = X.shape[0] if draw is None else draw.total
         for _ in range(self.cfg.regression_steps):
             idx = torch.randint(n, (min(n, self.cfg.regression_batch),)).to(X.device)
             self.optimizer.zero_grad()
-            loss = (self.policy(X[idx]) - Y[idx]).square().sum(-1).mean()
+            if draw is None:
+                loss = (self.policy(X[idx]) - Y[idx]).square().sum(-1).mean()
+            else:
+                mine = draw.local(idx)
+                loss = (self.policy(X[mine]) - Y[mine]).square().sum() / idx.numel()
             loss.backward()
             self.all_reduce_gradients()
             self.optimizer.step()
         with torch.no_grad():
-            return float((self.policy(X) - Y).square().sum(-1).mean())
+            err = (self.policy(X) - Y).square().sum(-1)
+            if draw is None:
+                return float(err.mean())
+            return self.global_value(err.sum() / max(draw.total, 1))
+
+
+class _GlobalPairs:
+    """The global time-major index of the regression pairs of every rank: pair ``i`` is step
+    ``i // N`` of the ``(i % N)``-th rollout of the ``N`` rollouts of all ranks in rank order."""
+
+    def __init__(self, rollouts: int, horizon: int):
+        counts = distributed.all_gather_rows(torch.tensor([rollouts], dtype=torch.int64))
+        self.rollouts, self.first = rollouts, int(counts[:distributed.rank()].sum())
+        self.N = int(counts.sum())
+        self.total = self.N * horizon
+
+    def local(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's local row indices of the global pairs ``idx`` it holds."""
+        t, j = idx // self.N, idx % self.N - self.first
+        mine = (j >= 0) & (j < self.rollouts)
+        return (t * self.rollouts + j)[mine]

@@ -116,6 +116,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
     _common(c, envs=64, steps=120, device=False)
+    di = sub.add_parser("distributed", help="train.py epoch time in one process vs torchrun with N processes")
+    di.add_argument("--algos", nargs="+", default=["pods2", "pods1", "bptt"])
+    di.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts (default 1 2)")
+    di.add_argument("--epochs", type=int, default=8, help="epochs per run (the first is left out)")
+    di.add_argument("--env", default="pendulum2d-stop")
+    di.add_argument("--num-envs", type=int, default=256, help="global env count (split across the processes)")
+    di.add_argument("--threads", type=int, default=1, help="Warp CPU threads per process")
+    _common(di, device=False)
     return p
 
 
@@ -171,6 +179,11 @@ def run(args) -> dict:
 
         return newton_stats(args.kind or ("cable", "bilateral"), args.dtype or _DTYPES, args.envs, args.steps,
                             args.noise, args.seed, args.device, progress=progress)
+    if args.cmd == "distributed":
+        from .distributed import processes
+
+        return processes(args.algos, args.processes, args.epochs, args.env, args.num_envs, args.threads,
+                         progress=progress)
     raise ValueError(f"unknown subcommand {args.cmd!r}")
 
 
