@@ -17,7 +17,11 @@ Per environment (one thread), with step ``h``, free-particle positions ``x``:
   solve when ``|g|_2 / ((m_min - neg) h) <= tol``, since ``H >= (m_min - neg) I``; ``H >= MASS_FLOOR M`` and
   ``m_min`` scaled accordingly in scenes with boxes, see ``contact.py``), or — at the round-off
   floor of float32 — a step within ``STALL_FACTOR * tol`` that no longer halves (quadratic
-  convergence always halves it). Status per env:
+  convergence always halves it), or — with the error-controlled stop ``lte_fraction > 0`` — a
+  Newton step ``max|dx|`` at most ``lte_fraction`` times the step's truncation-error estimate
+  ``(2/9) h max|v' - 2 v + v_prev|`` (:func:`truncation_estimate`), or whose gradient certifies
+  that bound for the next step (``|g|_2 / (m_min - neg)``, as above); never before the first solve.
+  Status per env:
   ``STATUS_OK``, ``STATUS_MAX_ITERS``, ``STATUS_NONFINITE``, ``STATUS_NOT_PD``.
 * Handles are kinematic: ``x_h' = x_h + h clip(a)``, ``v_h' = clip(a)`` with the per-axis limit.
   A non-finite action component holds that axis still and marks the env ``STATUS_NONFINITE``
@@ -339,6 +343,26 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 xq[e, p] = v
             p += 1
 
+    @wp.func
+    def truncation_estimate(e: int, model: ModelData, state_in: StateData, xq: wp.array2d(dtype=vec),
+                            scratch: NewtonScratch):
+        """BDF2's local truncation error of the step at the iterate ``xq`` (m):
+        ``(2/9) h max|v' - 2 v + v_prev|`` over the free DOFs, ``v'`` the iterate's BDF2 velocity
+        (``2/9`` is BDF2's error constant and ``v' - 2 v + v_prev`` is ``h^2`` times the third
+        derivative of the positions, to leading order)."""
+        h = model.dt
+        kappa = dtype(1.5) / h
+        worst = dtype(0.0)
+        p = int(0)
+        while p < model.free_index.shape[0]:
+            f = model.free_index[p]
+            if f >= 0:
+                dv = kappa * (xq[e, p] - get_vec(scratch.x_hat, e, f)) - dtype(2.0) * state_in.v[e, p] \
+                    + state_in.v_prev[e, p]
+                worst = wp.max(worst, amax(dv))
+            p += 1
+        return dtype(2.0 / 9.0) * h * worst
+
     @wp.kernel(enable_backward=False, module="unique")
     def bdf2_step(
         model: ModelData, mass: wp.array2d(dtype=dtype), stiffness: wp.array2d(dtype=dtype),
@@ -421,10 +445,15 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 gg += g[i, e] * g[i, e]
                 i += 1
             m_eff = m_min - neg  # lower bound on lambda_min of the (exact-spring) Newton matrix
-            if m_eff > dtype(0.0) and wp.sqrt(gg) <= tol * h * m_eff:
-                res = wp.sqrt(gg) / (h * m_eff)
-                st = STATUS_OK
-                break
+            if m_eff > dtype(0.0):
+                bound = wp.sqrt(gg) / m_eff  # >= max|dx| of the next Newton step (m)
+                certified = bound <= tol * h
+                if not certified and it > 0 and model.lte_fraction > dtype(0.0):
+                    certified = bound <= model.lte_fraction * truncation_estimate(e, model, state_in, x_out, scratch)
+                if certified:
+                    res = bound / h
+                    st = STATUS_OK
+                    break
             # Newton matrix: the exact spring Hessian where it is positive definite (quadratic
             # convergence), else the PSD projection of every indefinite term (still a descent
             # direction, linear convergence)
@@ -461,9 +490,14 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 st = STATUS_NONFINITE
                 break
             # converged: below tol, or stalled at the round-off floor (a Newton step that no
-            # longer halves while already within STALL_FACTOR * tol)
-            if res <= tol or (res <= dtype(STALL_FACTOR) * tol and res > dtype(0.5) * prev_res):
-                set_iterate(e, model, scratch, dtype(1.0), x_out)
+            # longer halves while already within STALL_FACTOR * tol), or (error control) a
+            # correction below lte_fraction of the step's own truncation error
+            done = res <= tol or (res <= dtype(STALL_FACTOR) * tol and res > dtype(0.5) * prev_res)
+            if done or model.lte_fraction > dtype(0.0):
+                set_iterate(e, model, scratch, dtype(1.0), x_out)  # the full step (the line search's first trial too)
+            if not done and model.lte_fraction > dtype(0.0):
+                done = res * h <= model.lte_fraction * truncation_estimate(e, model, state_in, x_out, scratch)
+            if done:
                 st = STATUS_OK
                 break
             # backtracking line search on Phi: Armijo (with the overshoot bound CURVATURE_C2),

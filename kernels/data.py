@@ -73,6 +73,9 @@ def kernel_structs(dtype, dim: int) -> SimpleNamespace:
             max_iters: int, Newton iteration limit.
             tol: scalar, m/s, convergence tolerance on ``max|dx| / dt``.
             line_search_max: int, backtracking halvings per Newton iteration.
+            lte_fraction: scalar (dimensionless), error-controlled stop: a step also converges
+                when its Newton correction is at most this fraction of the BDF2 truncation-error
+                estimate of the step (``kernels/bdf2.py``); 0 disables it (``tol`` alone).
         """
 
         free_index: wp.array(dtype=int)
@@ -99,6 +102,7 @@ def kernel_structs(dtype, dim: int) -> SimpleNamespace:
         max_iters: int
         tol: dtype
         line_search_max: int
+        lte_fraction: dtype
 
     @wp.struct
     class StateData:

@@ -68,7 +68,8 @@ class Model:
         contact_stiffness: (E, G) N/m, per environment. friction: (E, G) Coulomb coefficients, per
         environment. contact_width: smoothing width (m). contact_eps_v: friction smoothing
         velocity (m/s). has_friction: 1 if any geometry has friction > 0 (in any env).
-        max_iters, tol, line_search_max: Newton settings (tol in m/s).
+        max_iters, tol, line_search_max, lte_fraction: Newton settings (tol in m/s; lte_fraction
+            the error-controlled stop, :class:`~warpsim_rl.scene.SolverSettings`).
         threads: CPU threads that launch the per-environment kernels, each on a contiguous shard
             of the environments (``warpsim_rl/shards.py``; default: the cores available to the
             process; always 1 on CUDA). Results are bitwise identical for every value.
@@ -112,6 +113,7 @@ class Model:
         solver = scene.solver
         self.max_iters = solver.max_iters
         self.line_search_max = solver.line_search_max
+        self.lte_fraction = float(solver.lte_fraction)
         self.tol = solver.tol if solver.tol is not None else (1e-4 if self.dtype == wp.float32 else 1e-9)
 
         E, d = self.num_envs, self.device

@@ -101,11 +101,17 @@ class SolverSettings:
         tol: convergence tolerance on ``max|Δx| / dt`` of the Newton step, in m/s
             (``None``: 1e-4 for float32, 1e-9 for float64).
         line_search_max: maximum backtracking halvings per Newton iteration.
+        lte_fraction: error-controlled stopping (dimensionless, >= 0): a step also converges once
+            its Newton correction ``max|Δx|`` is at most this fraction of the step's own
+            truncation-error estimate ``(2/9) dt max|v' - 2 v + v_prev|`` (BDF2's error constant;
+            at least one Newton solve). 0 (the default): ``tol`` alone, the tight mode whose
+            converged steps the implicit adjoint differentiates exactly.
     """
 
     max_iters: int = 30
     tol: float | None = None
     line_search_max: int = 12
+    lte_fraction: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,7 +578,7 @@ class SceneBuilder:
         self.contact = ContactSettings(**vals)
 
     def set_solver(self, max_iters: int | None = None, tol: float | None = None,
-                   line_search_max: int | None = None) -> None:
+                   line_search_max: int | None = None, lte_fraction: float | None = None) -> None:
         cur = self.solver
         is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
         if max_iters is not None and (not is_int(max_iters) or max_iters < 1):
@@ -581,10 +587,13 @@ class SceneBuilder:
             raise SceneError(f"solver.tol = {tol!r}: must be > 0")
         if line_search_max is not None and (not is_int(line_search_max) or line_search_max < 0):
             raise SceneError(f"solver.line_search_max = {line_search_max!r}: must be an integer >= 0")
+        if lte_fraction is not None and (_number(lte_fraction, "solver.lte_fraction") < 0):
+            raise SceneError(f"solver.lte_fraction = {lte_fraction!r}: must be >= 0 (0: off)")
         self.solver = SolverSettings(
             max_iters=cur.max_iters if max_iters is None else int(max_iters),
             tol=cur.tol if tol is None else float(tol),
             line_search_max=cur.line_search_max if line_search_max is None else int(line_search_max),
+            lte_fraction=cur.lte_fraction if lte_fraction is None else float(lte_fraction),
         )
 
     def finalize(self) -> Scene:
@@ -746,7 +755,7 @@ def _scene_from_dict(data: dict, **overrides) -> Scene:
                          description=sc.get("description", ""))
     b.parameters = params
     if "solver" in data:
-        _check_keys(data["solver"], {"max_iters", "tol", "line_search_max"}, "solver")
+        _check_keys(data["solver"], {"max_iters", "tol", "line_search_max", "lte_fraction"}, "solver")
         with entry("solver"):
             b.set_solver(**data["solver"])
     if "contact" in data:
