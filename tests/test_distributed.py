@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun (warpsim_rl.distributed): 2 ranks x E/2 envs against
-1 rank x E envs, resume across world sizes, rank-0-only files, a killed rank.
+1 rank x E envs (PODS 2nd order, BPTT, SHAC), resume across world sizes, rank-0-only files, a
+killed rank.
 
 The multi-process tests run ``python -m torch.distributed.run --standalone --nproc_per_node=2
 train.py`` (gloo on the CPU, one Warp thread per rank) in float64. Two ranks compute the same
@@ -25,7 +26,6 @@ import pytest
 import torch
 
 from warpsim_rl import distributed
-from warpsim_rl.algos.pods import _GlobalPairs
 
 ROOT = Path(__file__).resolve().parents[1]
 #: 7 envs: the ranks hold 4 and 3
@@ -33,6 +33,7 @@ BASE = ["--num-envs", "7", "--horizon", "10", "--eval-every", "1", "--usd-envs",
         "--no-progress", "--dtype", "float64", "--lr-schedule", "constant"]  # constant: runs extended by resume
 PODS = [*BASE, "--algo", "pods2", "--regression-steps", "3", "--regression-batch", "16"]
 BPTT = [*BASE, "--algo", "bptt", "--gradient-steps", "2"]
+SHAC = [*BASE, "--algo", "shac", "--horizon-window", "4", "--critic-iterations", "2", "--minibatches", "3"]
 RTOL = 1e-9
 
 
@@ -58,9 +59,9 @@ def test_one_process_collectives_are_the_identity_and_count_nothing():
     assert distributed.TRAFFIC.reset() == (0, 0)
 
 
-def test_global_pairs_split_the_single_process_minibatch_exactly():
-    """The regression minibatch of PODS under torchrun: the pairs the ranks select for a global
-    index set are, together, the single-process pairs (same rows, each once)."""
+def test_global_rows_split_the_single_process_minibatch_exactly():
+    """The minibatches of PODS' regression and SHAC's critic under torchrun: the rows the ranks
+    select for a global index set are, together, the single-process rows (each once)."""
     T, counts = 5, [3, 0, 4]  # rollouts kept per rank (a rank may keep none)
     N = sum(counts)
     global_rows = np.arange(T * N).reshape(T, N)  # time-major over every rank's rollouts
@@ -68,8 +69,8 @@ def test_global_pairs_split_the_single_process_minibatch_exactly():
     picked = []
     first = 0
     for c in counts:
-        pairs = _GlobalPairs.__new__(_GlobalPairs)
-        pairs.rollouts, pairs.first, pairs.N, pairs.total = c, first, N, T * N
+        pairs = distributed.GlobalRows.__new__(distributed.GlobalRows)
+        pairs.columns, pairs.first, pairs.N, pairs.total = c, first, N, T * N
         local = pairs.local(idx).numpy()
         local_rows = global_rows[:, first:first + c].reshape(-1)  # this rank's X, time-major
         picked.extend(local_rows[local].tolist())
@@ -85,7 +86,7 @@ def test_an_algorithm_without_data_parallel_support_refuses_a_process_group(monk
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     run = RunConfig(env="pendulum2d-stop", algo="sac", num_envs=4)
     with pytest.raises(ValueError, match=r"algo = 'sac' runs in one process only; under torchrun \(world size 2\) "
-                                         r"use one of \['bptt', 'pods1', 'pods2'\]"):
+                                         r"use one of \['bptt', 'pods1', 'pods2', 'shac'\]"):
         make_algorithm(make_task("pendulum2d-stop"), run, algo_config("sac"))
 
 
@@ -174,6 +175,19 @@ def test_bptt_on_two_ranks_equals_one_process(tmp_path):
     _single([*BPTT, "--epochs", "3", "--out", str(tmp_path / "one")])
     _torchrun([*BPTT, "--epochs", "3", "--out", str(tmp_path / "two")], cwd=tmp_path)
     _assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_shac_on_two_ranks_equals_one_process(tmp_path):
+    """SHAC: the stochastic actor's noise, the windows' actor loss, the critic's shuffled
+    minibatches and the observation statistics are global (10 steps in windows of 4: a shorter
+    last window too)."""
+    _single([*SHAC, "--epochs", "3", "--out", str(tmp_path / "one")])
+    _torchrun([*SHAC, "--epochs", "3", "--out", str(tmp_path / "two")], cwd=tmp_path)
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+    one, two = (_ckpt(tmp_path / k)["algorithm"]["modules"] for k in ("one", "two"))
+    for name in ("critic", "target_critic", "actor"):
+        for k in one[name]:
+            torch.testing.assert_close(one[name][k], two[name][k], rtol=RTOL, atol=RTOL, msg=f"{name}.{k}")
 
 
 def test_a_killed_rank_stops_the_others_with_a_clear_error_and_a_valid_checkpoint(tmp_path):

@@ -35,7 +35,7 @@ from .shards import shard_bounds
 
 __all__ = ["DistributedError", "Traffic", "TRAFFIC", "init_from_environment", "shutdown", "is_distributed",
            "launched", "local_device", "rank", "world_size", "env_slice", "all_reduce", "broadcast_tensor", "all_gather_rows", "broadcast_object", "global_count",
-           "merge_moments", "local_threads", "TIMEOUT_ENV"]
+           "merge_moments", "local_threads", "randn_rows", "GlobalRows", "TIMEOUT_ENV"]
 
 #: environment variable holding the collectives' timeout in seconds (default 600): a rank that
 #: waits longer than this for the others fails with a :class:`DistributedError`
@@ -235,3 +235,37 @@ def merge_moments(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
     mean = head[1:] / max(n, 1)
     m2 = all_reduce((x - mean).square().sum(0), "sum")
     return n, mean, m2 / max(n, 1)
+
+
+def randn_rows(num_envs: int, env_slice: tuple[int, int], shape: tuple, dtype, device) -> torch.Tensor:
+    """This rank's block ``[e0, e1)`` of a standard normal draw ``(num_envs, *shape)`` from torch's
+    global generator: every rank draws the whole batch, so env ``e`` gets the same noise for every
+    world size (in one process: ``torch.randn((num_envs, *shape))`` itself)."""
+    noise = torch.randn((num_envs, *shape), dtype=dtype, device=device)
+    e0, e1 = env_slice
+    return noise if (e0, e1) == (0, num_envs) else noise[e0:e1]
+
+
+class GlobalRows:
+    """The global index of rows that every rank holds a block of, time-major: row ``i`` is step
+    ``i // N`` of the ``(i % N)``-th of the ``N`` columns (envs) of all ranks in rank order, as
+    when one process flattens a (steps, envs) tensor. Every rank draws the same global indices
+    (a minibatch, a permutation) and :meth:`local` keeps the ones it holds.
+
+    Args:
+        columns: this rank's columns (its envs that contribute rows); one all-gather.
+        steps: rows per column.
+    """
+
+    def __init__(self, columns: int, steps: int):
+        counts = all_gather_rows(torch.tensor([columns], dtype=torch.int64))
+        self.columns, self.first = columns, int(counts[:rank()].sum())
+        self.N = int(counts.sum())
+        self.total = self.N * steps
+
+    def local(self, idx: torch.Tensor) -> torch.Tensor:
+        """This rank's local row indices (into its own time-major flattening) of the global rows
+        ``idx`` it holds, in the order of ``idx``."""
+        t, j = idx // self.N, idx % self.N - self.first
+        mine = (j >= 0) & (j < self.columns)
+        return (t * self.columns + j)[mine]

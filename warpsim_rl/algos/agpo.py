@@ -154,6 +154,8 @@ class AGPO(SHAC):
     """Adaptive-gradient policy optimisation on SHAC's windows (see the module doc)."""
 
     Config = AGPOConfig
+    #: the switch decides on per-step variances of this process' batch; not made global yet
+    DISTRIBUTED = False
 
     def __init__(self, task: Task, run: RunConfig, cfg: AGPOConfig):
         super().__init__(task, run, cfg)
@@ -240,8 +242,10 @@ class AGPO(SHAC):
         targets = self.lambda_targets(win, values)
         return (nobs[:-1][:, ok].flatten(0, 1), actions[:, ok].flatten(0, 1)), targets[:, ok].flatten(0, 1)
 
-    def critic_loss(self, inputs: tuple, targets: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of both heads."""
+    def critic_loss(self, inputs: tuple, targets: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Mean squared error of both heads (with ``size``: summed over ``size``, as SHAC's)."""
         q1, q2 = self.critic(*inputs)
+        if size is not None:
+            return ((q1 - targets).square() + (q2 - targets).square()).sum() / size
         return (q1 - targets).square().mean() + (q2 - targets).square().mean()
 

@@ -168,19 +168,24 @@ class SquashedGaussianActor(_Normalized):
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         self.log_std_min, self.log_std_max = float(log_std_min), float(log_std_max)
 
-    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+    def forward(self, obs: torch.Tensor, deterministic: bool = False, eps: torch.Tensor | None = None):
         """Reparameterised sample (global torch RNG) and its log-likelihood.
 
         Args:
             obs: (..., obs_dim) raw observations.
             deterministic: take ``u = mu`` (log_prob is then the density at ``limit tanh(mu)``).
+            eps: (..., action_dim) the standard normal draw to use (default: ``torch.randn_like``
+                of the mean; under torchrun an algorithm passes its block of a global draw).
 
         Returns:
             action (..., action_dim) in m/s with ``|action| <= limit``; log_prob (...,).
         """
         mean = self.net(self.normalizer(obs))
         log_std = self.log_std.clamp(self.log_std_min, self.log_std_max)
-        eps = torch.zeros_like(mean) if deterministic else torch.randn_like(mean)
+        if deterministic:
+            eps = torch.zeros_like(mean)
+        elif eps is None:
+            eps = torch.randn_like(mean)
         u = mean + log_std.exp() * eps
         # log N(u; mean, std) with (u - mean) / std = eps, minus log |d a / d u|
         log_prob = (-0.5 * eps.square() - log_std - 0.5 * math.log(2.0 * math.pi)

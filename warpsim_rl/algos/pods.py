@@ -161,7 +161,7 @@ class PODS(Algorithm):
         takes the loss of the pairs it holds divided by the minibatch size, and the summed
         gradients are the single-process gradient."""
         T = self.task.horizon
-        draw = _GlobalPairs(X.shape[0] // T, T) if distributed.is_distributed() else None
+        draw = distributed.GlobalRows(X.shape[0] // T, T) if distributed.is_distributed() else None
         n = X.shape[0] if draw is None else draw.total
         for _ in range(self.cfg.regression_steps):
             idx = torch.randint(n, (min(n, self.cfg.regression_batch),)).to(X.device)
@@ -180,19 +180,3 @@ class PODS(Algorithm):
                 return float(err.mean())
             return self.global_value(err.sum() / max(draw.total, 1))
 
-
-class _GlobalPairs:
-    """The global time-major index of the regression pairs of every rank: pair ``i`` is step
-    ``i // N`` of the ``(i % N)``-th rollout of the ``N`` rollouts of all ranks in rank order."""
-
-    def __init__(self, rollouts: int, horizon: int):
-        counts = distributed.all_gather_rows(torch.tensor([rollouts], dtype=torch.int64))
-        self.rollouts, self.first = rollouts, int(counts[:distributed.rank()].sum())
-        self.N = int(counts.sum())
-        self.total = self.N * horizon
-
-    def local(self, idx: torch.Tensor) -> torch.Tensor:
-        """This rank's local row indices of the global pairs ``idx`` it holds."""
-        t, j = idx // self.N, idx % self.N - self.first
-        mine = (j >= 0) & (j < self.rollouts)
-        return (t * self.rollouts + j)[mine]

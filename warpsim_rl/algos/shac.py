@@ -36,11 +36,12 @@ import math
 
 import torch
 
+from .. import distributed
 from ..tasks import Task
 from .base import Algorithm
 from .config import AlgoConfig, RunConfig, check_int, check_positive, check_range, check_unit, check_widths
 from .models import SquashedGaussianActor, ValueCritic, soft_update
-from .returns import masked_mean, td_lambda_targets
+from .returns import td_lambda_targets
 
 __all__ = ["SHAC", "SHACConfig", "Window", "window_objective"]
 
@@ -161,6 +162,7 @@ class SHAC(Algorithm):
     """Short-horizon actor-critic (see the module doc)."""
 
     Config = SHACConfig
+    DISTRIBUTED = True
 
     def __init__(self, task: Task, run: RunConfig, cfg: SHACConfig):
         super().__init__(task, run, cfg)
@@ -218,7 +220,8 @@ class SHAC(Algorithm):
             returns += win.rewards.detach().sum(0)
             state = self.core.cut(win.state)
         ok = ~failed
-        out = {"train/return_before": float(masked_mean(returns, ok)), "train/diverged": int(failed.sum()),
+        out = {"train/return_before": self.global_value(self.global_mean(returns, ok)),
+               "train/diverged": int(distributed.global_count(failed)),
                "train/log_std": float(self.actor.log_std.detach().mean())}
         for key in logs[0]:
             out[key] = sum(log[key] for log in logs) / len(logs)
@@ -232,7 +235,7 @@ class SHAC(Algorithm):
         with torch.enable_grad():
             for t in range(steps):
                 o = self.core.observe(state)
-                a, _ = self.actor(o)
+                a, _ = self.actor(o, eps=self.action_noise(o))
                 tr = self.transition(t, state, o, a)
                 state = tr.state
                 obs.append(o)
@@ -243,6 +246,13 @@ class SHAC(Algorithm):
             win = Window(torch.stack(obs), torch.stack(actions), torch.stack(rewards), state, self.bootstrap(o))
         return win, failed | self.core.failures()
 
+    def action_noise(self, obs: torch.Tensor) -> torch.Tensor:
+        """(E, action_dim) the actor's standard normal draw for one step: this rank's block of a
+        draw for all ``num_envs`` envs (:func:`~warpsim_rl.distributed.randn_rows`; in one
+        process what the actor would draw itself)."""
+        return distributed.randn_rows(self.run.num_envs, self.env_slice, (self.task.action_dim,), obs.dtype,
+                                      obs.device)
+
     def transition(self, t: int, state, obs: torch.Tensor, action: torch.Tensor):
         """Step ``t`` of a window: the step core's differentiable step."""
         return self.core.step(state, action)
@@ -252,9 +262,10 @@ class SHAC(Algorithm):
         return self.target_critic(self.normalize(obs))
 
     def actor_loss(self, win: Window, ok: torch.Tensor) -> torch.Tensor:
-        """``-(1 / (h N)) sum_{ok} window_objective`` (Xu et al. Eq. 5)."""
+        """``-(1 / (h N)) sum_{ok} window_objective`` (Xu et al. Eq. 5; under torchrun this rank's
+        share, ``N`` the envs that did not fail on every rank)."""
         steps = win.rewards.shape[0]
-        return -masked_mean(window_objective(win.rewards, win.bootstrap, self.cfg.gamma), ok) / steps
+        return -self.global_mean(window_objective(win.rewards, win.bootstrap, self.cfg.gamma), ok) / steps
 
     def actor_step(self, win: Window, ok: torch.Tensor, where: str) -> dict:
         """One clipped Adam step of the actor on :meth:`actor_loss`; raises on a non-finite
@@ -270,7 +281,7 @@ class SHAC(Algorithm):
                 f"the simulator's adjoint or the loss overflowed; try float64, a smaller horizon_window "
                 f"(now {self.cfg.horizon_window}) or lr (now {self.cfg.lr})")
         self.optimizer.step()
-        return {"train/actor_loss": float(loss.detach()), "train/grad_norm": float(norm)}
+        return {"train/actor_loss": self.global_value(loss), "train/grad_norm": float(norm)}
 
     # -- the critic ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -289,21 +300,29 @@ class SHAC(Algorithm):
         dones = torch.zeros(rewards.shape, dtype=torch.bool, device=rewards.device)
         return td_lambda_targets(rewards, values, dones, self.cfg.gamma, self.cfg.lam)
 
-    def critic_loss(self, inputs: tuple, targets: torch.Tensor) -> torch.Tensor:
-        """Mean squared error of ``V`` on a minibatch."""
-        return (self.critic(*inputs) - targets).square().mean()
+    def critic_loss(self, inputs: tuple, targets: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Mean squared error of ``V`` on a minibatch (under torchrun: this rank's rows of a global
+        minibatch of ``size`` rows, their squared errors summed over ``size``)."""
+        err = (self.critic(*inputs) - targets).square()
+        return err.mean() if size is None else err.sum() / size
 
     def critic_step(self, win: Window, ok: torch.Tensor) -> dict:
         """Fit the critic (``critic_iterations`` x ``minibatches`` clipped Adam steps on shuffled
-        minibatches, torch's global generator) and soft-update the target."""
+        minibatches, torch's global generator) and soft-update the target. Under torchrun the
+        minibatches are drawn over the rows of every rank (:class:`~warpsim_rl.distributed.GlobalRows`),
+        as one process would draw them."""
         inputs, targets = self.critic_data(win, ok)
-        n, cfg = targets.shape[0], self.cfg
+        cfg = self.cfg
+        rows = distributed.GlobalRows(int(ok.sum()), win.rewards.shape[0]) if distributed.is_distributed() else None
+        n = targets.shape[0] if rows is None else rows.total
         losses = []
         if n:
             for _ in range(cfg.critic_iterations):
                 losses = []
                 for idx in torch.randperm(n, device=targets.device).chunk(cfg.minibatches):
-                    loss = self.critic_loss(tuple(x[idx] for x in inputs), targets[idx])
+                    size = None if rows is None else idx.numel()
+                    mine = idx if rows is None else rows.local(idx)
+                    loss = self.critic_loss(tuple(x[mine] for x in inputs), targets[mine], size)
                     self.critic_optimizer.zero_grad()
                     loss.backward()
                     self.all_reduce_gradients()
@@ -311,5 +330,9 @@ class SHAC(Algorithm):
                     self.critic_optimizer.step()
                     losses.append(loss.detach())
         soft_update(self.target_critic, self.critic, cfg.target_tau)
-        return {"train/critic_loss": float(torch.stack(losses).mean()) if losses else float("nan"),
-                "train/value_target": float(targets.mean()) if n else float("nan")}
+        if not n:
+            return {"train/critic_loss": float("nan"), "train/value_target": float("nan")}
+        if rows is None:
+            return {"train/critic_loss": float(torch.stack(losses).mean()), "train/value_target": float(targets.mean())}
+        shares = distributed.all_reduce(torch.stack([*losses, targets.sum() / n]), "sum")
+        return {"train/critic_loss": float(shares[:-1].mean()), "train/value_target": float(shares[-1])}

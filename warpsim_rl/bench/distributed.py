@@ -35,7 +35,7 @@ def _command(processes: int, args: list[str]) -> list[str]:
             *args]
 
 
-def processes(algos=("pods2", "pods1", "bptt"), counts=(1, 2), epochs: int = 8, env: str = "pendulum2d-stop",
+def processes(algos=("pods2", "pods1", "bptt", "shac"), counts=(1, 2), epochs: int = 8, env: str = "pendulum2d-stop",
               num_envs: int = 256, threads: int = 1, progress: bool = True) -> dict:
     """Run ``train.py`` for every algorithm in ``algos`` and process count in ``counts`` (see the
     module doc); returns the JSON-ready result."""
