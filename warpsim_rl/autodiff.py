@@ -9,8 +9,9 @@ per-step Jacobians, and a zero-copy ``torch.autograd.Function`` bridge.
   rollout fills ``state.x.grad`` etc. Use distinct ``State`` objects per step: the adjoint reads
   the forward values at backward time.
 * :func:`step` / :class:`TorchSimulator` take torch tensors: ``loss.backward()`` works through
-  any number of steps; :meth:`TorchSimulator.rollout` optionally checkpoints segments
-  (recomputing their forward passes in the backward pass) for long horizons.
+  any number of steps; :meth:`TorchSimulator.rollout` returns the states it is asked for
+  (``keep``) and optionally checkpoints segments (:func:`recomputed`: their forward passes are
+  recomputed in the backward pass) for long horizons, in time linear in T.
 
 Failures are never silent: a backward pass through a step whose Newton solve did not converge,
 or whose exact Hessian is not positive definite at the solution, raises :class:`GradientError`.
@@ -23,6 +24,7 @@ import contextlib
 import numpy as np
 import torch
 import warp as wp
+from torch.utils.checkpoint import checkpoint
 
 from .kernels.adjoint import adjoint_kernels
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK
@@ -30,7 +32,7 @@ from .model import Control, Model, State, scratch_array
 from .shards import env_columns, env_rows
 from .sim import ActionError, Simulator
 
-__all__ = ["Differentiator", "GradientError", "TorchSimulator"]
+__all__ = ["Differentiator", "GradientError", "TorchSimulator", "recomputed"]
 
 
 class GradientError(RuntimeError):
@@ -241,6 +243,43 @@ class _StepFunction(torch.autograd.Function):
         return (None, *grads_in, g_action, g_k if ctx.has_k else None, g_m if ctx.has_m else None)
 
 
+class _Recomputed(torch.autograd.Function):
+    """``run(*tensors)`` as one graph node, recomputed in the backward pass (:func:`recomputed`)."""
+
+    @staticmethod
+    def forward(ctx, run, *tensors):
+        ctx.set_materialize_grads(False)
+        ctx.run = run
+        ctx.save_for_backward(*tensors)
+        return tuple(run(*tensors))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
+            outs = ctx.run(*inputs)
+        pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+        wanted = [t for t in inputs if t.requires_grad]
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+                   if pairs and wanted else [None] * len(wanted))
+        return (None, *(next(got) if t.requires_grad else None for t in inputs))
+
+
+def recomputed(run, *tensors) -> tuple:
+    """``run(*tensors)`` (a function returning a tuple of tensors) as one autograd node that saves
+    only ``tensors`` and recomputes ``run`` on a graph in the backward pass: a checkpointed
+    segment of a rollout (:meth:`TorchSimulator.rollout`, ``StepCore.open_loop``).
+
+    Unlike ``torch.utils.checkpoint(use_reentrant=False)`` the forward pass builds no per-step
+    nodes: each would hold memory until the backward pass, and their small long-lived allocations
+    fragment the heap between the freed (E, n, dim) states, so that the resident set still grew
+    linearly in T. Gradients reach only ``tensors`` (pass everything differentiable explicitly,
+    not through a closure); they are bitwise those of the plain graph, except that a tensor
+    used in several segments gets one summed gradient per segment (a different summation order
+    for shared parameters such as a stiffness)."""
+    return _Recomputed.apply(run, *tensors)
+
+
 class TorchSimulator:
     """The simulator on torch tensors, differentiable with ``torch.autograd``.
 
@@ -322,31 +361,78 @@ class TorchSimulator:
                 mass = self._validate("mass", mass, (m.num_envs, m.num_particles))
         return _StepFunction.apply(self, x, v, x_prev, v_prev, action, stiffness, mass)
 
-    def rollout(self, state, actions, stiffness=None, mass=None, checkpoint_every: int | None = None):
+    def rollout(self, state, actions, stiffness=None, mass=None, checkpoint_every: int | None = None,
+                keep: str | int | None = None) -> list:
         """Differentiable rollout of ``actions`` (T, E, h, dim) from ``state = (x, v, xp, vp)``.
 
-        Returns the list of T+1 states. With ``checkpoint_every=K`` only every K-th state is kept
-        for the backward pass; segments are recomputed (``torch.utils.checkpoint``), trading one
-        extra forward pass for O(T/K + K) memory."""
-        states = [tuple(state)]
+        Returns only the states ``keep`` asks for, in step order, as a list of ``(x, v, xp, vp)``
+        tuples of (E, n, dim) tensors; :meth:`kept_steps` gives their step indices, and
+        ``states[-1]`` is always the state at step T. ``keep``: ``"all"`` (the T+1 states),
+        ``"last"`` (step T only) or an int ``K >= 1`` (steps 0, K, 2K, ... and T); the default
+        ``None`` is ``"all"``, or the segment boundaries (``keep=checkpoint_every``) when
+        checkpointing.
+
+        ``checkpoint_every=K`` (``None``: off) runs each K-step segment as one graph node
+        (:func:`recomputed`) that keeps only its input state and recomputes the segment in
+        the backward pass: one extra forward pass for O(T/K + K) states of memory, as long as
+        ``keep`` asks for no more than the boundaries (``"last"`` or a multiple of K); every
+        other kept state lives as long as the returned list. Gradients are bitwise those of the
+        plain rollout. Where ``stiffness`` or ``mass`` requires grad, segments go through
+        ``torch.utils.checkpoint`` instead (it keeps the per-step summation order of their
+        gradients, but also a graph node per step: memory still grows with T). Without
+        checkpointing the backward pass holds every state (O(T)); ``keep`` then bounds memory
+        only where nothing requires grad.
+
+        Time is linear in T: the actions enter the graph through one ``unbind``, whose backward
+        stacks the T per-step action gradients once (a per-step ``actions[t]`` would allocate a
+        zero (T, E, h, dim) gradient for every step: O(T^2))."""
         T = actions.shape[0]
-        if not checkpoint_every:
-            for t in range(T):
-                states.append(self.step(*states[-1], actions[t], stiffness, mass))
-            return states
-        from torch.utils.checkpoint import checkpoint
-
-        def segment(t0, t1, *s):
-            for t in range(t0, t1):
-                s = self.step(*s, actions[t], stiffness, mass)
-            return s
-
-        t = 0
-        while t < T:
-            t1 = min(T, t + checkpoint_every)
-            states.append(checkpoint(segment, t, t1, *states[-1], use_reentrant=False))
-            t = t1
+        every = _positive_int("checkpoint_every", checkpoint_every, none_ok=True)
+        kept = set(self.kept_steps(T, keep, every))
+        rows = actions.unbind(0)
+        state = tuple(state)
+        states = [state] if 0 in kept else []
+        for t0, t1 in _segments(T, every or max(T, 1)):
+            inner = {t - t0 for t in range(t0 + 1, t1) if t in kept}
+            out = self._run_segment(every is not None, rows[t0:t1], inner, stiffness, mass, state)
+            *inner_states, state = _as_states(out)
+            states += inner_states
+            if t1 in kept:
+                states.append(state)
         return states
+
+    def _run_segment(self, checkpointed: bool, rows, inner: set[int], stiffness, mass, state) -> tuple:
+        """:meth:`_segment` on the graph (plain), as one recomputed node (:func:`recomputed`) or,
+        where ``stiffness``/``mass`` require grad, through ``torch.utils.checkpoint``."""
+        if not checkpointed:
+            return self._segment(rows, inner, stiffness, mass, *state)
+        if any(p is not None and p.requires_grad for p in (stiffness, mass)):
+            return checkpoint(self._segment, rows, inner, stiffness, mass, *state, use_reentrant=False)
+        return recomputed(lambda *t: self._segment(t[4:], inner, stiffness, mass, *t[:4]), *state, *rows)
+
+    def _segment(self, rows, inner: set[int], stiffness, mass, *state) -> tuple:
+        """``len(rows)`` steps from the flat state ``(x, v, xp, vp)`` with the actions ``rows[i]``
+        (E, h, dim). Returns, flat, the states after the i-th step for each ``i`` in ``inner``
+        (1 <= i < len(rows)), then the last state."""
+        out = []
+        for i, action in enumerate(rows, 1):
+            state = self.step(*state, action, stiffness, mass)
+            if i in inner:
+                out += state
+        return (*out, *state)
+
+    @staticmethod
+    def kept_steps(T: int, keep: str | int | None = None, checkpoint_every: int | None = None) -> list[int]:
+        """Step indices (0 .. T) of the states :meth:`rollout` returns for ``T`` actions with these
+        ``keep`` and ``checkpoint_every``. ``ValueError`` naming a bad ``keep``/``checkpoint_every``."""
+        every = _positive_int("checkpoint_every", checkpoint_every, none_ok=True)
+        if keep is None:
+            keep = "all" if every is None else every
+        if isinstance(keep, str) and keep in ("all", "last"):
+            return list(range(T + 1)) if keep == "all" else [T]
+        stride = _positive_int("keep", keep, none_ok=False)
+        steps = list(range(0, T + 1, stride))
+        return steps if steps[-1] == T else steps + [T]
 
     def jacobians(self, x, v, x_prev, v_prev, action, stiffness=None, mass=None, validate: bool = True):
         """One forward step and its Jacobians: returns ``(next_state, A, B)`` with
@@ -375,6 +461,29 @@ class TorchSimulator:
 
             self._layout = StateLayout(self.model.scene)
         return self._layout.flatten((x, v, x_prev, v_prev), "markov")
+
+
+def _positive_int(name: str, value, none_ok: bool) -> int | None:
+    """``value`` as an int >= 1 (``None`` passes when ``none_ok``); ``ValueError`` naming ``name``
+    and the value otherwise (bools, floats, zero and negative numbers included)."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1:
+        return int(value)
+    what = {"keep": "'all', 'last' or a positive int K (every K-th state)",
+            "checkpoint_every": "None (no checkpointing) or a positive int (steps per segment)"}[name]
+    raise ValueError(f"{name} = {value!r}: expected {what}")
+
+
+def _segments(T: int, every: int) -> list[tuple[int, int]]:
+    """``[(0, K), (K, 2K), ..., (., T)]``: the step ranges of a rollout of ``T`` steps in segments
+    of ``every = K`` steps (none when T is 0)."""
+    return [(t0, min(T, t0 + every)) for t0 in range(0, T, every)]
+
+
+def _as_states(flat) -> list[tuple]:
+    """A flat sequence of tensors, four per state, as a list of ``(x, v, xp, vp)`` tuples."""
+    return [tuple(flat[i:i + 4]) for i in range(0, len(flat), 4)]
 
 
 # ------------------------------------------------------------------------------------------

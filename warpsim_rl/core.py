@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import warp as wp
 
-from .autodiff import TorchSimulator
+from .autodiff import TorchSimulator, recomputed
 from .model import Control, Model, State
 from .tasks import Task
 
@@ -291,14 +291,15 @@ class StepCore:
         autograd graph is kept when ``actions`` or the state require grad.
 
         ``checkpoint_every=K`` recomputes segments of ``K`` steps in the backward pass
-        (``torch.utils.checkpoint``): memory O(T/K + K) states instead of O(T); the trajectory's
-        ``states`` then holds only the segment boundaries (steps 0, K, 2K, ..., T), while ``obs``,
-        ``actions`` and ``rewards`` still have every step."""
+        (:func:`~warpsim_rl.autodiff.recomputed`): memory O(T/K + K) states instead of O(T);
+        the trajectory's ``states`` then holds only the segment boundaries (steps 0, K, 2K, ...,
+        T), while ``obs``, ``actions`` and ``rewards`` still have every step."""
         if checkpoint_every:
             if jacobians:
                 raise ValueError("open_loop: checkpoint_every and jacobians do not combine")
             return self._open_loop_checkpointed(state0, actions, int(checkpoint_every))
-        return self._loop(state0, actions.shape[0], lambda t, obs: self.clip(actions[t]), jacobians)
+        rows = actions.unbind(0)  # one graph node for all steps (linear cost in T; TorchSimulator.rollout)
+        return self._loop(state0, len(rows), lambda t, obs: self.clip(rows[t]), jacobians)
 
     def _loop(self, state0, steps: int, act, jacobians: bool) -> Trajectory:
         """``steps`` steps from ``state0`` with the executed action ``act(t, obs_t)``."""
@@ -321,28 +322,30 @@ class StepCore:
         return self._trajectory(states, obs_l, acts, rews, singular, As, Bs)
 
     def _open_loop_checkpointed(self, state0, actions, every: int) -> Trajectory:
-        from torch.utils.checkpoint import checkpoint
+        """:meth:`open_loop` in segments of ``every`` steps, each one recomputed graph node
+        (:func:`~warpsim_rl.autodiff.recomputed`: memory O(T / every + every) states)."""
+        rows = actions.unbind(0)  # one graph node for all steps (linear cost in T; TorchSimulator.rollout)
 
-        def segment(t0, t1, *s):
-            obs, acts, rews = [], [], []
-            for t in range(t0, t1):
+        def segment(*tensors):  # the state (x, v, x_prev, v_prev), then the segment's actions
+            s, obs, acts, rews = tensors[:4], [], [], []
+            for action in tensors[4:]:
                 obs.append(self.observe(s))
-                tr = self._step_executed(s, self.clip(actions[t]), False)
+                tr = self._step_executed(s, self.clip(action), False)
                 s = tr.state
                 acts.append(tr.action)
                 rews.append(tr.reward)
             return (*s, torch.stack(obs), torch.stack(acts), torch.stack(rews))
 
         states, obs_l, acts, rews = [tuple(state0)], [], [], []
-        T, t = actions.shape[0], 0
+        T, t = len(rows), 0
         while t < T:
             t1 = min(T, t + every)
             self.counter.add((t1 - t) * self.num_envs)  # the forward pass; the backward's recomputation is not counted
-            *s, o, a, r = checkpoint(segment, t, t1, *states[-1], use_reentrant=False)
+            *s, o, a, r = recomputed(segment, *states[-1], *rows[t:t1])
             states.append(tuple(s))
-            obs_l += list(o)
-            acts += list(a)
-            rews += list(r)
+            obs_l += o.unbind(0)
+            acts += a.unbind(0)
+            rews += r.unbind(0)
             t = t1
         return self._trajectory(states, obs_l, acts, rews, None, [], [])
 

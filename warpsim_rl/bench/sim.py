@@ -3,6 +3,8 @@
 * :func:`throughput`: env-steps/s of the batched BDF2 step for one scene (random actions within
   the handle limits), with Newton iteration statistics;
 * :func:`gradients`: cost of the reverse pass and of all per-step Jacobians of a rollout;
+* :func:`horizon_sweep`: forward and backward time and peak memory of the torch rollout
+  (``TorchSimulator.rollout`` + ``loss.backward()``) per horizon T, each in a fresh process;
 * :func:`scaling`: throughput of ``rope3d`` as its particle count grows, banded and dense.
 
 Timings follow :mod:`warpsim_rl.bench.common`; ``progress`` (a bool, or a caller's tqdm bar) shows
@@ -10,6 +12,13 @@ the passes on stderr. The CPU backend of Warp runs kernels on one core.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 import warp as wp
@@ -19,7 +28,8 @@ from ..sim import Simulator
 from ..util import dtype_name, resolve_device
 from .common import machine_info, progress_bar, random_actions, rates, swing_velocities, time_passes
 
-__all__ = ["throughput", "gradients", "scaling", "throughput_units", "gradients_units"]
+__all__ = ["throughput", "gradients", "horizon_sweep", "torch_rollout_cost", "scaling", "throughput_units",
+           "gradients_units"]
 
 
 def throughput_units(repeats: int) -> int:
@@ -204,6 +214,119 @@ def _gradients(scene, envs, steps, device, dtype, seed, repeats, scene_params, b
         "jacobians_ok": jac_ok,
         **machine_info(),
     }
+
+
+def horizon_sweep(scene: str, envs: int, steps: list[int], device=None, dtype="float32", seed: int = 0,
+                  repeats: int = 3, scene_params: dict | None = None, progress=False, threads: int | None = None,
+                  checkpoint_every: int | None = None, keep: str | int | None = None) -> dict:
+    """Cost of a differentiable torch rollout as the horizon grows: for each T of ``steps``,
+    :func:`torch_rollout_cost` in a fresh Python process (so that each T's peak resident set is
+    its own: ``ru_maxrss`` never goes down). ``checkpoint_every`` / ``keep``: those of
+    :meth:`~warpsim_rl.autodiff.TorchSimulator.rollout`.
+
+    Returns the header, ``rows`` (one :func:`torch_rollout_cost` result per T, plus
+    ``forward_per_step_over_first`` and ``backward_per_step_over_first``: its time per step over
+    that of the first T) and ``backward_per_step_ratio_max`` (the largest of the latter): 1 for a
+    cost linear in T."""
+    from ..autodiff import TorchSimulator
+
+    TorchSimulator.kept_steps(1, keep, checkpoint_every)  # a bad keep / checkpoint_every fails here, not per T
+    job = {"scene": scene, "envs": envs, "device": device, "dtype": dtype, "seed": seed, "repeats": repeats,
+           "scene_params": scene_params, "threads": threads, "checkpoint_every": checkpoint_every, "keep": keep}
+    rows = []
+    with progress_bar(progress, len(steps), f"gradients {scene} horizons", unit="horizon") as bar:
+        for T in steps:
+            bar.set_postfix_str(f"T = {T}")
+            rows.append(_cost_in_subprocess({**job, "steps": int(T)}))
+            bar.update()
+    for r in rows:
+        for phase in ("forward", "backward"):
+            r[f"{phase}_per_step_over_first"] = r[f"{phase}_per_step_ms"] / rows[0][f"{phase}_per_step_ms"]
+    first = rows[0] if rows else {}
+    return {"benchmark": "gradients_horizon", "scene": scene, "envs": envs, "steps": [int(T) for T in steps],
+            "device": first.get("device"), "dtype": dtype, "repeats": repeats, "threads": first.get("threads"),
+            "torch_threads": 1, "checkpoint_every": checkpoint_every, "keep": keep, "rows": rows,
+            "backward_per_step_ratio_max": max((r["backward_per_step_over_first"] for r in rows), default=None),
+            **machine_info()}
+
+
+def _cost_in_subprocess(job: dict) -> dict:
+    """:func:`torch_rollout_cost` of the keyword arguments ``job`` in a new Python process (one
+    torch thread, ``OMP_NUM_THREADS=1``); its result comes back through a JSON file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        code = ("import json, sys; from warpsim_rl.bench.sim import torch_rollout_cost; "
+                "json.dump(torch_rollout_cost(**json.loads(sys.argv[1])), open(sys.argv[2], 'w'))")
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(job), out], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"gradients at T = {job['steps']}: the measuring process failed "
+                               f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def _rss_mb() -> float | None:
+    """Current resident set of this process in MiB (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return None
+
+
+def torch_rollout_cost(scene: str, envs: int, steps: int, device=None, dtype="float32", seed: int = 0,
+                       repeats: int = 3, scene_params: dict | None = None, threads: int | None = None,
+                       checkpoint_every: int | None = None, keep: str | int | None = None) -> dict:
+    """Time and memory of ``TorchSimulator.rollout(state, actions, checkpoint_every=, keep=)``
+    and ``loss.backward()`` in this process (torch on one intra-op thread), for random actions
+    (T, E, h, dim) within the handle limits requiring grad, from swinging initial states; the loss
+    is the last state's ``sum(v^2)``. After one short warm-up rollout (kernel loading), the
+    medians over ``repeats`` passes:
+
+    * ``forward_s`` (rollout and loss), ``backward_s``, and both per step in ms;
+    * ``peak_rss_mb``: this process's peak resident set (MiB; on CUDA, peak device allocations),
+      ``rss_before_mb``: its resident set before the first timed pass, ``rollout_peak_mb``: the
+      difference, what the rollout and its backward pass added;
+    * ``states_returned`` (the kept states) and ``state_mb`` (one state's four tensors).
+    Run it in a fresh process per T (:func:`horizon_sweep`) for an honest peak."""
+    import torch
+
+    from ..autodiff import TorchSimulator
+
+    torch.set_num_threads(1)
+    sc = load_scene(scene, **(scene_params or {}))
+    model = sc.build(num_envs=envs, device=device, dtype=dtype, threads=threads)
+    ts = TorchSimulator(model)
+    rng = np.random.default_rng(seed)
+    state = ts.initial_state(velocities=swing_velocities(sc, envs, rng))
+    actions = torch.stack([wp.to_torch(a) for a in random_actions(model, rng, steps)])
+
+    def sync():
+        wp.synchronize_device(model.device)
+
+    def one_pass(T):
+        a = actions[:T].clone().requires_grad_(True)
+        sync()
+        t0 = time.perf_counter()
+        states = ts.rollout(state, a, checkpoint_every=checkpoint_every, keep=keep)
+        loss = states[-1][1].square().sum()
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        return t1 - t0, time.perf_counter() - t1, len(states)
+
+    one_pass(min(steps, 3))  # warm-up: kernel loading, first allocations
+    before = _rss_mb()
+    passes = [one_pass(steps) for _ in range(repeats)]
+    forward, backward = (float(np.median([p[i] for p in passes])) for i in (0, 1))
+    peak = _peak_mem_mb(model.device)
+    return {"steps": steps, "envs": envs, "device": str(model.device), "threads": model.shards.threads,
+            "forward_s": forward, "backward_s": backward, "forward_per_step_ms": 1e3 * forward / steps,
+            "backward_per_step_ms": 1e3 * backward / steps, "peak_rss_mb": peak, "rss_before_mb": before,
+            "rollout_peak_mb": None if before is None or model.device.is_cuda else peak - before,
+            "states_returned": passes[0][2], "state_mb": sum(t.nbytes for t in state) / 2**20}
 
 
 def scaling(envs: int = 256, particles: list[int] = (5, 10, 20, 40), steps: int = 20, device=None,
