@@ -190,6 +190,20 @@ def test_shac_on_two_ranks_equals_one_process(tmp_path):
             torch.testing.assert_close(one[name][k], two[name][k], rtol=RTOL, atol=RTOL, msg=f"{name}.{k}")
 
 
+def test_an_skrl_baseline_under_torchrun_fails_cleanly_before_skrl_joins_a_group(tmp_path):
+    """skrl 2.1's config joins an NCCL process group by itself when first used under torchrun
+    (which fails on a CPU machine with "initialize the default process group twice"); the
+    baselines refuse before touching skrl, with the usual error, and write nothing."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+           "--algo", "sac", "--num-envs", "4", "--epochs", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "error: algo = 'sac' runs in one process only; under torchrun (world size 2) use one of" in proc.stderr
+    assert "process group twice" not in proc.stderr and not out.exists()
+
+
 def test_a_killed_rank_stops_the_others_with_a_clear_error_and_a_valid_checkpoint(tmp_path):
     from warpsim_rl.training import load_checkpoint
 

@@ -91,12 +91,7 @@ class Algorithm:
     def __init__(self, task: Task, run: RunConfig, cfg: AlgoConfig):
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg).__name__}")
-        if distributed.is_distributed() and not self.DISTRIBUTED:
-            from . import ALGORITHMS
-
-            able = sorted(k for k, (cls, _) in ALGORITHMS.items() if cls.DISTRIBUTED)
-            raise ValueError(f"algo = {run.algo!r} runs in one process only; under torchrun (world size "
-                             f"{distributed.world_size()}) use one of {able}")
+        self.check_process_group(run)
         self.task, self.run, self.cfg = task, run, cfg
         #: this rank's block [e0, e1) of the run's num_envs environments ((0, num_envs) in one process)
         self.env_slice = distributed.env_slice(run.num_envs)
@@ -112,6 +107,17 @@ class Algorithm:
         self.rng = self.register_generator("rng", np.random.default_rng(run.seed))
         self.register_generator("torch", TORCH_GLOBAL_RNG)
         self.register_buffer("env_steps", self.core.counter)
+
+    @classmethod
+    def check_process_group(cls, run: RunConfig) -> None:
+        """ValueError naming the algorithm if it runs under torchrun (world size above 1) without
+        data-parallel support (``DISTRIBUTED``)."""
+        if distributed.is_distributed() and not cls.DISTRIBUTED:
+            from . import ALGORITHMS
+
+            able = sorted(k for k, (c, _) in ALGORITHMS.items() if c.DISTRIBUTED)
+            raise ValueError(f"algo = {run.algo!r} runs in one process only; under torchrun (world size "
+                             f"{distributed.world_size()}) use one of {able}")
 
     @property
     def env_steps(self) -> int:

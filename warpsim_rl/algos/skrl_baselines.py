@@ -272,6 +272,8 @@ class SkrlAgent(Algorithm):
     AGENT: ClassVar[tuple[str, str, str]]
 
     def __init__(self, task: Task, run: RunConfig, cfg: SkrlConfig):
+        # before skrl is imported: under torchrun, skrl's config joins an NCCL process group itself
+        self.check_process_group(run)
         if run.dtype != "float32":
             raise ValueError(f"dtype = {run.dtype!r}: the skrl baselines run in float32 (skrl's memories hold float32)")
         try:
