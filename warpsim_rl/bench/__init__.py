@@ -23,6 +23,11 @@ Subcommands (module):
     usd         time of the USD export of a rollout (warpsim_rl.bench.usd).
     contact     Newton statistics of the cloth on the table, cables vs bilateral springs
                 (warpsim_rl.bench.contact).
+    anchor      warpsim_rl against NVIDIA Newton's SemiImplicit solver on the same problems at
+                equal accuracy against a DOP853 reference, and the gradient comparison
+                (warpsim_rl.bench.anchor; needs the ``anchor`` extra).
+    distributed train.py's epoch time in one process against torchrun with N processes, and
+                the collective payload (warpsim_rl.bench.distributed).
 
 Every subcommand shows its progress on stderr (a tqdm bar; --quiet: none) and prints its result
 on stdout (--json: one JSON object, nothing else). The default sizes keep each invocation of the

@@ -54,6 +54,25 @@ def _simulator_kwargs(args) -> dict:
             "threads": args.threads}
 
 
+def _keep_option(text: str) -> str | int:
+    """``--keep``: ``all``, ``last`` or an integer (validated by ``TorchSimulator.kept_steps``)."""
+    return int(text) if text.lstrip("+-").isdigit() else text
+
+
+def _gradients(args) -> dict:
+    """``gradients``: one horizon (:func:`~warpsim_rl.bench.sim.gradients`), or the horizon sweep
+    (:func:`~warpsim_rl.bench.sim.horizon_sweep`) for several ``--steps`` or ``--sweep``."""
+    from .sim import gradients, horizon_sweep
+
+    kwargs = _simulator_kwargs(args)
+    if args.sweep or len(args.steps) > 1:
+        return horizon_sweep(**kwargs, checkpoint_every=args.checkpoint_every, keep=args.keep)
+    if args.checkpoint_every is not None or args.keep is not None:
+        raise ValueError("gradients: --checkpoint-every and --keep apply to the horizon sweep only "
+                         "(several --steps, or --sweep)")
+    return gradients(**{**kwargs, "steps": args.steps[0]})
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``python -m warpsim_rl.bench`` argument parser."""
     from . import __doc__ as doc
@@ -66,7 +85,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--dense", action="store_true", help="dense Cholesky baseline (full band)")
     _simulator_options(t, envs=4096, steps=100, repeats=5)
     gr = sub.add_parser("gradients", help="reverse pass and Jacobian cost vs the forward rollout")
-    _simulator_options(gr, envs=4096, steps=50, repeats=3)
+    _simulator_options(gr, envs=4096, steps=None, repeats=3)
+    gr.add_argument("--steps", type=int, nargs="+", default=[50],
+                    help="steps per pass (default 50); several values (or --sweep): the horizon sweep, the torch "
+                         "rollout and its backward pass per T, each T in a fresh process")
+    gr.add_argument("--sweep", action="store_true", help="the horizon sweep also for a single --steps value")
+    gr.add_argument("--checkpoint-every", type=int, default=None, metavar="K",
+                    help="sweep only: TorchSimulator.rollout(checkpoint_every=K)")
+    gr.add_argument("--keep", type=_keep_option, default=None, metavar="all|last|K",
+                    help="sweep only: TorchSimulator.rollout(keep=...), the states the rollout returns")
     cp = sub.add_parser("compare", help="train algorithms over seeds at equal epochs (PODS Fig. 3)")
     cp.add_argument("--env", default="pendulum2d-stop")
     cp.add_argument("--algos", nargs="+", default=["pods2", "bptt", "pods1"])
@@ -124,6 +151,11 @@ def parser() -> argparse.ArgumentParser:
     di.add_argument("--num-envs", type=int, default=256, help="global env count (split across the processes)")
     di.add_argument("--threads", type=int, default=1, help="Warp CPU threads per process")
     _common(di, device=False)
+    an = sub.add_parser("anchor", help="warpsim_rl vs NVIDIA Newton (SemiImplicit) at equal accuracy")
+    from . import anchor
+
+    anchor.add_arguments(an)
+    _common(an, device=False)
     return p
 
 
@@ -135,9 +167,7 @@ def run(args) -> dict:
 
         return throughput(**_simulator_kwargs(args), dense=args.dense)
     if args.cmd == "gradients":
-        from .sim import gradients
-
-        return gradients(**_simulator_kwargs(args))
+        return _gradients(args)
     if args.cmd == "scaling":
         from .sim import scaling
 
@@ -184,6 +214,10 @@ def run(args) -> dict:
 
         return processes(args.algos, args.processes, args.epochs, args.env, args.num_envs, args.threads,
                          progress=progress)
+    if args.cmd == "anchor":
+        from .anchor import from_args as anchor_from_args
+
+        return anchor_from_args(args)
     raise ValueError(f"unknown subcommand {args.cmd!r}")
 
 
