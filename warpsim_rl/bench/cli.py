@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu")
     _common(c, envs=64, steps=120, device=False)
     di = sub.add_parser("distributed", help="train.py epoch time in one process vs torchrun with N processes")
-    di.add_argument("--algos", nargs="+", default=["pods2", "pods1", "bptt"])
+    di.add_argument("--algos", nargs="+", default=["pods2", "pods1", "bptt", "shac"])
     di.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts (default 1 2)")
     di.add_argument("--epochs", type=int, default=8, help="epochs per run (the first is left out)")
     di.add_argument("--env", default="pendulum2d-stop")
