@@ -90,11 +90,12 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         return (cable == 0 or l0 > L) and l0 > dtype(0.0)
 
     @wp.func
-    def end_velocity(e: int, p: int, f: int, xq: wp.array2d(dtype=vec), x_hat: wp.array2d(dtype=dtype),
-                     v_handle: wp.array2d(dtype=vec), kappa: dtype):
-        """BDF2 velocity at the end of the step of a free particle, or the handle velocity."""
+    def end_velocity(e: int, p: int, f: int, xq: wp.array2d(dtype=vec), x_in: wp.array2d(dtype=vec),
+                     x_hat: wp.array2d(dtype=dtype), v_handle: wp.array2d(dtype=vec), kappa: dtype):
+        """BDF2 velocity at the end of the step of a free particle (``x_hat`` an offset from its
+        start-of-step position ``x_in``), or the handle velocity."""
         if f >= 0:
-            return kappa * (xq[e, p] - bk.get_vec(x_hat, e, f))
+            return bk.step_velocity(xq[e, p], x_in[e, p], bk.get_vec(x_hat, e, f), kappa)
         return v_handle[e, p]
 
     @wp.func
@@ -105,8 +106,8 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         (``elements.damping_direction_jacobian``) at the end velocities of the step."""
         d0 = state_in.x[e, pi] - state_in.x[e, pj]
         ud = d0 / wp.length(d0)
-        vi = end_velocity(e, pi, fi, state_out.x, x_hat, state_out.v, kappa)
-        vj = end_velocity(e, pj, fj, state_out.x, x_hat, state_out.v, kappa)
+        vi = end_velocity(e, pi, fi, state_out.x, state_in.x, x_hat, state_out.v, kappa)
+        vj = end_velocity(e, pj, fj, state_out.x, state_in.x, x_hat, state_out.v, kappa)
         P = el.damping_direction_jacobian(vi - vj, d0, c)
         return wp.outer(ud, ud), P
 
@@ -117,6 +118,7 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         and ``v``), factored in place in ``scratch.H``; ``ok[e]`` and the return value are 1 on
         success, else 0. Leaves the step's ``y_t`` and ``x_hat`` in ``scratch``."""
         bk.store_targets(e, model, state_in, scratch)
+        bk.store_increment(e, model, state_out.x, state_in.x, scratch)
         bk.assemble(e, model, mass, stiffness, state_out.x, state_in.x, state_out.v, 0, scratch)
         good = la.band_cholesky(scratch.H, e, model.num_dofs, model.band)
         ok[e] = good
@@ -130,7 +132,7 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         and ``J0 = dGf/dx`` through the lagged normal force and tangent plane (``contact.py``);
         ``Gf`` is the friction part of the particle's residual (over beta)."""
         x0 = state_in.x[e, p]
-        vel = kappa * (state_out.x[e, p] - bk.get_vec(x_hat, e, f))
+        vel = bk.step_velocity(state_out.x[e, p], x0, bk.get_vec(x_hat, e, f), kappa)
         Kv = mat()
         J0 = mat()
         width = model.contact_width
@@ -209,7 +211,7 @@ def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 adj_in.x_prev[e, p] = adj_in.x_prev[e, p] - c13 * yb
                 adj_in.v[e, p] = adj_in.v[e, p] + (c23h * c43) * yb
                 adj_in.v_prev[e, p] = adj_in.v_prev[e, p] - (c23h * c13) * yb
-                r = state_out.x[e, p] - bk.get_vec(scratch.y_t, e, f) - beta * model.gravity
+                r = (state_out.x[e, p] - state_in.x[e, p]) - bk.get_vec(scratch.y_t, e, f) - beta * model.gravity
                 adj_mass[e, p] = adj_mass[e, p] - wp.dot(lf, r)
         # springs and dampers
         for s in range(model.spring_i.shape[0]):

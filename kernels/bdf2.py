@@ -13,6 +13,14 @@ Per environment (one thread), with step ``h``, free-particle positions ``x``:
   planes and boxes, with friction lagged at the start-of-step positions). Newton's method
   minimises ``Phi``: gradient ``g`` and (PSD-projected) Hessian ``H`` assembled into a banded
   matrix, per-thread banded Cholesky, backtracking (Armijo) line search on ``Phi``.
+* Increments, not positions: the Newton iterate is the increment ``u = x' - x`` (``scratch.u``),
+  and ``y``, ``x_hat`` are held as offsets from ``x`` (:func:`inertial_target`). The inertia term
+  ``M (u - (y - x))`` and the velocity ``v' = kappa (u - (x_hat - x))`` are formed from them
+  without rounding at the scale of ``x``, and the springs and the contact see ``x' = x + u``.
+  Solving for ``x'`` itself loses the step's acceleration ``h^2 a`` in float32 once it falls
+  near the spacing of ``x`` (about 1e-7 m at 1 m). Before this, the float32 trajectory error of
+  a spring pendulum grew from 3e-4 m at dt 5 ms to 1 m at dt 0.1 ms, and Newton stalled at tol
+  1e-6; docs/results.md, "The float32 floor".
 * Convergence: ``max|dx| / h <= tol`` (m/s) for the Newton step ``dx`` (certified before the
   solve when ``|g|_2 / ((m_min - neg) h) <= tol``, since ``H >= (m_min - neg) I``; ``H >= MASS_FLOOR M`` and
   ``m_min`` scaled accordingly in scenes with boxes, see ``contact.py``), or — at the round-off
@@ -108,12 +116,20 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
 
     @wp.func
     def inertial_target(x: vec, v: vec, xp: vec, vp: vec, h: dtype):
-        """``(x_hat, y)`` of the BDF2 step (module doc)."""
+        """``(x_hat - x, y - x)`` of the BDF2 step (module doc): offsets from the start-of-step
+        position ``x``, formed from the increment ``x - xp`` (exact in floating point when the two
+        positions are within a factor 2, Sterbenz) instead of ``4/3 x - 1/3 xp``."""
         c43 = dtype(4.0) / dtype(3.0)
         c13 = dtype(1.0) / dtype(3.0)
-        x_hat = c43 * x - c13 * xp
+        x_hat = c13 * (x - xp)
         y = x_hat + (dtype(2.0) * h / dtype(3.0)) * (c43 * v - c13 * vp)
         return x_hat, y
+
+    @wp.func
+    def step_velocity(xq: vec, x0: vec, x_hat: vec, kappa: dtype):
+        """BDF2 end velocity ``kappa (x' - x_hat)`` of a free particle at ``xq`` that started the
+        step at ``x0``, from the offset ``x_hat - x0`` (:func:`inertial_target`)."""
+        return kappa * ((xq - x0) - x_hat)
 
     @wp.func
     def add_block(H: wp.array2d(dtype=dtype), e: int, B: int, fi: int, fj: int, K: mat, sign: dtype):
@@ -151,7 +167,8 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
     @wp.func
     def store_targets(e: int, model: ModelData, state_in: StateData, scratch: NewtonScratch):
         """Write the inertial target ``y`` and ``x_hat`` of every free DOF of the step from
-        ``state_in`` into ``scratch.y_t`` / ``scratch.x_hat`` (module doc)."""
+        ``state_in``, as offsets from the start-of-step positions ``state_in.x``
+        (:func:`inertial_target`), into ``scratch.y_t`` / ``scratch.x_hat`` (module doc)."""
         for p in range(model.free_index.shape[0]):
             f = model.free_index[p]
             if f >= 0:
@@ -160,6 +177,18 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 for d in range(dim):
                     scratch.y_t[f * dim + d, e] = y[d]
                     scratch.x_hat[f * dim + d, e] = xh[d]
+
+    @wp.func
+    def store_increment(e: int, model: ModelData, xq: wp.array2d(dtype=vec), x_in: wp.array2d(dtype=vec),
+                        scratch: NewtonScratch):
+        """``scratch.u = xq - x_in`` on the free DOFs: the increment :func:`assemble` reads, for a
+        point ``xq`` given by its positions (outside the Newton loop, which keeps ``u`` itself)."""
+        for p in range(model.free_index.shape[0]):
+            f = model.free_index[p]
+            if f >= 0:
+                d = xq[e, p] - x_in[e, p]
+                for a in range(dim):
+                    scratch.u[f * dim + a, e] = d[a]
 
     @wp.func
     def add_vec(g: wp.array2d(dtype=dtype), e: int, f: int, v: vec):
@@ -225,8 +254,10 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             contact curvature clamped, ``PROJECT_ALL`` PSD-projected springs too;
             writes its gradient into ``scratch.g`` and its Hessian into the band ``scratch.H``
             (both (re)initialised here). ``scratch.y_t``/``scratch.x_hat`` hold the step's
-            inertial target and ``x_hat`` (:func:`store_targets`); ``x_in`` the positions at the
-            start of the step (damping direction, lagged friction); ``v_handle`` the handle
+            inertial target and ``x_hat`` as offsets from ``x_in`` (:func:`store_targets`) and
+            ``scratch.u`` the increment ``xq - x_in`` of the point, unrounded (the inertia and
+            the BDF2 velocities are formed from it, the springs and the contact from ``xq``);
+            ``x_in`` the positions at the start of the step (damping direction, lagged friction); ``v_handle`` the handle
             velocities; ``mass`` (E, n) and ``stiffness`` (E, m) the per-env parameters;
             everything else comes from ``model`` (contact against its geometry ``geo_*`` with
             ``contact_stiffness``/``friction`` (E, G), ``contact.py``)."""
@@ -256,7 +287,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 f = free_index[p]
                 if f >= 0:
                     m = mass[e, p]
-                    r = xq[e, p] - get_vec(scratch.y_t, e, f)
+                    r = get_vec(scratch.u, e, f) - get_vec(scratch.y_t, e, f)
                     phi += dtype(0.5) * m * wp.dot(r, r) - beta * m * wp.dot(gravity, r)
                     scale += m * (amax(r) + beta * amax(gravity)) * amax(xq[e, p])
                     add_vec(g, e, f, m * r - (beta * m) * gravity)
@@ -289,9 +320,9 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                         vi = v_handle[e, pi]
                         vj = v_handle[e, pj]
                         if fi >= 0:
-                            vi = kappa * (xi - get_vec(scratch.x_hat, e, fi))
+                            vi = kappa * (get_vec(scratch.u, e, fi) - get_vec(scratch.x_hat, e, fi))
                         if fj >= 0:
-                            vj = kappa * (xj - get_vec(scratch.x_hat, e, fj))
+                            vj = kappa * (get_vec(scratch.u, e, fj) - get_vec(scratch.x_hat, e, fj))
                         ud, gd, Kd = el.damping_terms(vi - vj, d0 / l0, c, kappa)
                         u += ud
                         gr += gd
@@ -313,7 +344,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                     f = free_index[p]
                     if f >= 0:
                         xp = xq[e, p]
-                        vel = kappa * (xp - get_vec(scratch.x_hat, e, f))
+                        vel = kappa * (get_vec(scratch.u, e, f) - get_vec(scratch.x_hat, e, f))
                         cap = dtype(1.0 - MASS_FLOOR) * mass[e, p] / beta
                         u, gr, K = contact_particle(e, model, xp, x_in[e, p], vel, kappa, int(project != PROJECT_NONE),
                                                     cap)
@@ -331,22 +362,26 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
     assemble_no_contact = make_assemble(0) if contact else assemble
 
     @wp.func
-    def set_iterate(e: int, model: ModelData, scratch: NewtonScratch, alpha: dtype, xq: wp.array2d(dtype=vec)):
-        """``xq = base + alpha dx`` (``scratch``) on the free particles."""
+    def set_iterate(e: int, model: ModelData, scratch: NewtonScratch, alpha: dtype, x_in: wp.array2d(dtype=vec),
+                    xq: wp.array2d(dtype=vec)):
+        """The increment ``u = base + alpha dx`` (``scratch``) and the positions ``xq = x_in + u``
+        on the free particles (the iterate is the increment: its small size keeps the bits that
+        ``x_in + u`` rounds off at the scale of ``x_in``)."""
         p = int(0)
         while p < model.free_index.shape[0]:
             f = model.free_index[p]
             if f >= 0:
                 v = vec()
                 for a in range(dim):
-                    v[a] = scratch.base[f * dim + a, e] + alpha * scratch.dx[f * dim + a, e]
-                xq[e, p] = v
+                    i = f * dim + a
+                    v[a] = scratch.base[i, e] + alpha * scratch.dx[i, e]
+                    scratch.u[i, e] = v[a]
+                xq[e, p] = x_in[e, p] + v
             p += 1
 
     @wp.func
-    def truncation_estimate(e: int, model: ModelData, state_in: StateData, xq: wp.array2d(dtype=vec),
-                            scratch: NewtonScratch):
-        """BDF2's local truncation error of the step at the iterate ``xq`` (m):
+    def truncation_estimate(e: int, model: ModelData, state_in: StateData, scratch: NewtonScratch):
+        """BDF2's local truncation error of the step at the iterate ``scratch.u`` (m):
         ``(2/9) h max|v' - 2 v + v_prev|`` over the free DOFs, ``v'`` the iterate's BDF2 velocity
         (``2/9`` is BDF2's error constant and ``v' - 2 v + v_prev`` is ``h^2`` times the third
         derivative of the positions, to leading order)."""
@@ -357,7 +392,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         while p < model.free_index.shape[0]:
             f = model.free_index[p]
             if f >= 0:
-                dv = kappa * (xq[e, p] - get_vec(scratch.x_hat, e, f)) - dtype(2.0) * state_in.v[e, p] \
+                dv = kappa * (get_vec(scratch.u, e, f) - get_vec(scratch.x_hat, e, f)) - dtype(2.0) * state_in.v[e, p] \
                     + state_in.v_prev[e, p]
                 worst = wp.max(worst, amax(dv))
             p += 1
@@ -409,7 +444,10 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         for p in range(n):
             f = free_index[p]
             if f >= 0:
-                x_out[e, p] = get_vec(scratch.y_t, e, f)
+                y = get_vec(scratch.y_t, e, f)
+                for a in range(dim):
+                    scratch.u[f * dim + a, e] = y[a]
+                x_out[e, p] = state_in.x[e, p] + y
         # the first Newton matrix (at the predictor, far from the solution) is fully projected;
         # later ones keep the exact spring Hessian where it is positive definite
         phi, phi_scale, neg = assemble(e, model, mass, stiffness, x_out, state_in.x, state_out.v, PROJECT_ALL,
@@ -449,7 +487,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 bound = wp.sqrt(gg) / m_eff  # >= max|dx| of the next Newton step (m)
                 certified = bound <= tol * h
                 if not certified and it > 0 and model.lte_fraction > dtype(0.0):
-                    certified = bound <= model.lte_fraction * truncation_estimate(e, model, state_in, x_out, scratch)
+                    certified = bound <= model.lte_fraction * truncation_estimate(e, model, state_in, scratch)
                 if certified:
                     res = bound / h
                     st = STATUS_OK
@@ -477,15 +515,11 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
                 res = wp.max(res, wp.abs(dx[i, e]))
                 i += 1
             res = res / h
-            # record the base iterate
-            p = int(0)
-            while p < n:
-                f = free_index[p]
-                if f >= 0:
-                    xb = x_out[e, p]
-                    for a in range(dim):
-                        scratch.base[f * dim + a, e] = xb[a]
-                p += 1
+            # record the base iterate (its increment)
+            i = int(0)
+            while i < N:
+                scratch.base[i, e] = scratch.u[i, e]
+                i += 1
             if not wp.isfinite(res):
                 st = STATUS_NONFINITE
                 break
@@ -494,9 +528,9 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             # correction below lte_fraction of the step's own truncation error
             done = res <= tol or (res <= dtype(STALL_FACTOR) * tol and res > dtype(0.5) * prev_res)
             if done or model.lte_fraction > dtype(0.0):
-                set_iterate(e, model, scratch, dtype(1.0), x_out)  # the full step (the line search's first trial too)
+                set_iterate(e, model, scratch, dtype(1.0), state_in.x, x_out)  # the full step (the line search's first trial too)
             if not done and model.lte_fraction > dtype(0.0):
-                done = res * h <= model.lte_fraction * truncation_estimate(e, model, state_in, x_out, scratch)
+                done = res * h <= model.lte_fraction * truncation_estimate(e, model, state_in, scratch)
             if done:
                 st = STATUS_OK
                 break
@@ -509,7 +543,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             noise = dtype(NOISE) * phi_scale
             ls_max = model.line_search_max
             for ls in range(ls_max + 1):
-                set_iterate(e, model, scratch, alpha, x_out)
+                set_iterate(e, model, scratch, alpha, state_in.x, x_out)
                 phi_t, scale_t, neg_t = assemble(e, model, mass, stiffness, x_out, state_in.x, state_out.v,
                                                  PROJECT_CONTACT, scratch)
                 slope_t = dtype(0.0)
@@ -531,7 +565,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         for p in range(n):
             f = free_index[p]
             if f >= 0:
-                state_out.v[e, p] = kappa * (x_out[e, p] - get_vec(scratch.x_hat, e, f))
+                state_out.v[e, p] = kappa * (get_vec(scratch.u, e, f) - get_vec(scratch.x_hat, e, f))
         if bad_action != 0:
             st = STATUS_NONFINITE
         status[e] = st
@@ -556,6 +590,7 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
         ``v_handle``."""
         e = wp.tid()
         store_targets(e, model, state_in, scratch)
+        store_increment(e, model, xq, state_in.x, scratch)
         value, scale, neg = assemble(e, model, mass, stiffness, xq, state_in.x, v_handle, project, scratch)
         phi[e] = value
 
@@ -589,9 +624,10 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
             state.v[e, p] = v_new[e, p]
             f = free_index[p]
             if f >= 0:
-                for d in range(dim):
-                    scratch.y_t[f * dim + d, e] = x_new[e, p][d]
-                    scratch.x_hat[f * dim + d, e] = x_new[e, p][d] - v_new[e, p][d] / kappa
+                for d in range(dim):  # offsets from x_new (store_targets); the point is x_new itself
+                    scratch.y_t[f * dim + d, e] = dtype(0.0)
+                    scratch.x_hat[f * dim + d, e] = -v_new[e, p][d] / kappa
+                    scratch.u[f * dim + d, e] = dtype(0.0)
         phi, scale, neg = assemble_no_contact(e, model, mass, stiffness, x_new, x_new, v_new, PROJECT_ALL, scratch)
         for p in range(free_index.shape[0]):
             f = free_index[p]
@@ -608,5 +644,6 @@ def bdf2_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
 
     return SimpleNamespace(vec=vec, mat=mat, ModelData=ModelData, StateData=StateData, NewtonScratch=NewtonScratch,
                            bdf2_step=bdf2_step, potential=potential, assemble=assemble, startup=startup,
-                           inertial_target=inertial_target, add_block=add_block, add_vec=add_vec,
+                           inertial_target=inertial_target, step_velocity=step_velocity,
+                           store_increment=store_increment, add_block=add_block, add_vec=add_vec,
                            get_vec=get_vec, store_targets=store_targets, contact_particle=contact_particle)

@@ -132,8 +132,11 @@ def kernel_structs(dtype, dim: int) -> SimpleNamespace:
             g: (N, E) scalar, gradient of the incremental potential.
             dx: (N, E) scalar, Newton step (the VJP: its adjoint solve ``lambda``).
             base: (N, E) scalar, the iterate the line search starts from.
-            y_t: (N, E) scalar, m, inertial target ``y`` of the step.
-            x_hat: (N, E) scalar, m, ``x_hat = 4/3 x - 1/3 x_prev`` of the step.
+            y_t: (N, E) scalar, m, inertial target ``y`` of the step, as an offset from the
+                start-of-step position ``x``.
+            x_hat: (N, E) scalar, m, ``x_hat = 4/3 x - 1/3 x_prev`` of the step, as an offset
+                from ``x`` (``(x - x_prev) / 3``).
+            u: (N, E) scalar, m, the increment ``x' - x`` of the current Newton iterate.
         """
 
         H: wp.array2d(dtype=dtype)
@@ -142,5 +145,6 @@ def kernel_structs(dtype, dim: int) -> SimpleNamespace:
         base: wp.array2d(dtype=dtype)
         y_t: wp.array2d(dtype=dtype)
         x_hat: wp.array2d(dtype=dtype)
+        u: wp.array2d(dtype=dtype)
 
     return SimpleNamespace(ModelData=ModelData, StateData=StateData, NewtonScratch=NewtonScratch)

@@ -279,7 +279,9 @@ def dense_from_band(Hb, N, B):
 
 
 def potential_eval(model, xq, x_in, v_in, xp_in, vp_in, v_handle, project):
-    """Launch the ``potential`` kernel (one env per row of the host arrays)."""
+    """Launch the ``potential`` kernel (one env per row of the host arrays); returns ``phi``, ``g``,
+    the band ``H`` and the inertial target ``y`` (absolute: the kernel holds it as an offset from
+    the start-of-step positions ``x_in``)."""
     m, d, vec = model, model.device, model.vec
     E = m.num_envs
     K = bdf2_kernels(F64, m.dim)
@@ -290,7 +292,9 @@ def potential_eval(model, xq, x_in, v_in, xp_in, vp_in, v_handle, project):
     wp.launch(K.potential, dim=E, device=d, inputs=[
         m.data, m.mass, m.stiffness, arr(xq), m.state_data([arr(a) for a in (x_in, v_in, xp_in, vp_in)]),
         arr(v_handle), int(project), sc, phi])
-    return phi.numpy(), sc.g.numpy().T.copy(), sc.H.numpy(), sc.y_t.numpy().T.copy()
+    free = model.scene.free_particles
+    y = sc.y_t.numpy().T + np.asarray(x_in)[:, free].reshape(E, -1)
+    return phi.numpy(), sc.g.numpy().T.copy(), sc.H.numpy(), y
 
 
 def numpy_phi(scene, xq, x_in, v_in, xp_in, vp_in, v_handle):

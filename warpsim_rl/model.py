@@ -260,12 +260,12 @@ class Model:
 
     def newton_scratch(self):
         """A fresh ``NewtonScratch`` struct for the kernels (``kernels/data.py``): the band
-        ``H`` (N (B + 1), E) and the (N, E) arrays ``g``, ``dx``, ``base``, ``y_t``, ``x_hat``, in
+        ``H`` (N (B + 1), E) and the (N, E) arrays ``g``, ``dx``, ``base``, ``y_t``, ``x_hat``, ``u``, in
         the :func:`scratch_array` layout, sized for the current ``band``."""
         N, B, E, dt, d = self.num_dofs, self.band, self.num_envs, self.dtype, self.device
         scratch = self._structs.NewtonScratch()
         scratch.H = scratch_array(N * (B + 1), E, dt, d)
-        for name in ("g", "dx", "base", "y_t", "x_hat"):
+        for name in ("g", "dx", "base", "y_t", "x_hat", "u"):
             setattr(scratch, name, scratch_array(N, E, dt, d))
         return scratch
 
