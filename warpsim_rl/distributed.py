@@ -131,10 +131,20 @@ def local_device(device: str) -> str:
     return f"cuda:{local}"
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group. With ``barrier`` (a run that ended normally on every rank) the
+    ranks first wait for each other, so that none tears its connections down while another is
+    still finishing (rank 0 writes the results last); after a failure there is nobody to wait
+    for."""
     dist = _dist()
-    if dist is not None:
-        dist.destroy_process_group()
+    if dist is None:
+        return
+    if barrier and dist.get_world_size() > 1:
+        try:
+            dist.barrier()
+        except RuntimeError:  # a rank that failed meanwhile: leave anyway
+            pass
+    dist.destroy_process_group()
 
 
 def local_threads() -> int:

@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv) and not {"-h", "--help"} & set(argv)
     from . import distributed
 
+    finished = False  # every rank finished its run (the group is left after a barrier)
     try:
         from .training import CheckpointError, TrainingInterrupted, train
 
@@ -220,6 +221,7 @@ def main(argv=None) -> int:
                 args, run, cfg = configs_from_args(argv)
                 results = train(run, cfg, progress=not args.no_progress, overwrite=args.overwrite)
             lead = distributed.rank() == 0
+            finished = True
         except (ValueError, CheckpointError, PermissionError, distributed.DistributedError) as e:
             _report(f"error: {e}", e)
             return 2
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
         _report("interrupted before the run started; run the same command again to start it", None)
         return 130
     finally:
-        distributed.shutdown()
+        distributed.shutdown(barrier=finished)
     if lead:
         print(json.dumps(results, indent=2))
     return 0
