@@ -33,7 +33,7 @@ import torch
 
 from .shards import shard_bounds
 
-__all__ = ["DistributedError", "Traffic", "TRAFFIC", "init_from_environment", "shutdown", "is_distributed",
+__all__ = ["DistributedError", "Traffic", "TRAFFIC", "init_from_environment", "leave", "is_distributed",
            "launched", "local_device", "rank", "world_size", "env_slice", "all_reduce", "broadcast_tensor", "all_gather_rows", "broadcast_object", "global_count",
            "merge_moments", "local_threads", "randn_rows", "GlobalRows", "TIMEOUT_ENV"]
 
@@ -131,20 +131,26 @@ def local_device(device: str) -> str:
     return f"cuda:{local}"
 
 
-def shutdown(barrier: bool = True) -> None:
-    """Leave the process group. With ``barrier`` (a run that ended normally on every rank) the
-    ranks first wait for each other, so that none tears its connections down while another is
-    still finishing (rank 0 writes the results last); after a failure there is nobody to wait
-    for."""
+def leave(code: int, barrier: bool = True) -> None:
+    """End this rank's process with exit status ``code`` (does not return). With ``barrier`` (a
+    run that ended normally on every rank) the ranks first wait for each other, so that none goes
+    while another is still finishing (rank 0 writes the results last); after a failure there is
+    nobody to wait for. Then stdout and stderr are flushed and the process ends with
+    ``os._exit``, skipping the interpreter's teardown: tearing down gloo's threads at exit made a
+    rank abort now and then ("terminate called without an active exception", SIGABRT; twice in
+    CI under load, after the run had finished), which torchrun reports as a failed run. Every
+    file the run writes is closed (atomically renamed) before this."""
+    import sys
+
     dist = _dist()
-    if dist is None:
-        return
-    if barrier and dist.get_world_size() > 1:
+    if barrier and dist is not None and dist.get_world_size() > 1:
         try:
             dist.barrier()
         except RuntimeError:  # a rank that failed meanwhile: leave anyway
             pass
-    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def local_threads() -> int:

@@ -194,6 +194,17 @@ def _resume_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     """``train.py``: 0 on success, 2 on an error (one ``error:`` line), 130 on Ctrl-C (one line
     saying where the run stopped and how to resume it)."""
+    from . import distributed
+
+    state = {"finished": False}  # every rank finished its run
+    code = _main(argv, state)
+    if distributed.is_distributed():
+        distributed.leave(code, barrier=state["finished"])  # does not return
+    return code
+
+
+def _main(argv, state: dict) -> int:
+    """:func:`main`'s work; sets ``state["finished"]`` when the run ended normally."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--list" in argv and not {"-h", "--help"} & set(argv):
         from .tasks import describe_tasks, format_task_rows
@@ -203,7 +214,6 @@ def main(argv=None) -> int:
     resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv) and not {"-h", "--help"} & set(argv)
     from . import distributed
 
-    finished = False  # every rank finished its run (the group is left after a barrier)
     try:
         from .training import CheckpointError, TrainingInterrupted, train
 
@@ -221,7 +231,7 @@ def main(argv=None) -> int:
                 args, run, cfg = configs_from_args(argv)
                 results = train(run, cfg, progress=not args.no_progress, overwrite=args.overwrite)
             lead = distributed.rank() == 0
-            finished = True
+            state["finished"] = True
         except (ValueError, CheckpointError, PermissionError, distributed.DistributedError) as e:
             _report(f"error: {e}", e)
             return 2
@@ -231,8 +241,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _report("interrupted before the run started; run the same command again to start it", None)
         return 130
-    finally:
-        distributed.shutdown(barrier=finished)
     if lead:
         print(json.dumps(results, indent=2))
     return 0
