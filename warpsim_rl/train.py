@@ -43,6 +43,7 @@ import tomllib
 import types
 import typing
 
+from . import distributed
 from .algos import ALGORITHMS, RunConfig
 from .algos.config import field_docs
 
@@ -194,26 +195,21 @@ def _resume_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     """``train.py``: 0 on success, 2 on an error (one ``error:`` line), 130 on Ctrl-C (one line
     saying where the run stopped and how to resume it)."""
-    from . import distributed
-
-    state = {"finished": False}  # every rank finished its run
-    code = _main(argv, state)
+    code, finished = _main(argv)
     if distributed.is_distributed():
-        distributed.leave(code, barrier=state["finished"])  # does not return
+        distributed.leave(code, barrier=finished)  # does not return
     return code
 
 
-def _main(argv, state: dict) -> int:
-    """:func:`main`'s work; sets ``state["finished"]`` when the run ended normally."""
+def _main(argv) -> tuple[int, bool]:
+    """:func:`main`'s work: ``(exit status, whether the run ended normally)``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--list" in argv and not {"-h", "--help"} & set(argv):
         from .tasks import describe_tasks, format_task_rows
 
         print(format_task_rows(describe_tasks()))
-        return 0
+        return 0, True
     resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv) and not {"-h", "--help"} & set(argv)
-    from . import distributed
-
     try:
         from .training import CheckpointError, TrainingInterrupted, train
 
@@ -221,7 +217,7 @@ def _main(argv, state: dict) -> int:
             error = _join_process_group()
             if error:
                 print(error, file=sys.stderr)
-                return 2
+                return 2, False
         try:
             if resuming:
                 args = _resume_args(argv)
@@ -230,28 +226,24 @@ def _main(argv, state: dict) -> int:
             else:
                 args, run, cfg = configs_from_args(argv)
                 results = train(run, cfg, progress=not args.no_progress, overwrite=args.overwrite)
-            lead = distributed.rank() == 0
-            state["finished"] = True
         except (ValueError, CheckpointError, PermissionError, distributed.DistributedError) as e:
             _report(f"error: {e}", e)
-            return 2
+            return 2, False
         except TrainingInterrupted as e:
             _report(str(e), e)
-            return 130
+            return 130, False
     except KeyboardInterrupt:
         _report("interrupted before the run started; run the same command again to start it", None)
-        return 130
-    if lead:
+        return 130, False
+    if distributed.rank() == 0:
         print(json.dumps(results, indent=2))
-    return 0
+    return 0, True
 
 
 def _join_process_group() -> str | None:
     """Under torchrun: join the process group, and make SIGTERM (torchrun's way of stopping the
     other ranks when one fails) stop this rank like Ctrl-C. Returns an error line, or ``None``."""
     import signal
-
-    from . import distributed
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -267,8 +259,6 @@ def _join_process_group() -> str | None:
 def _report(line: str, error) -> None:
     """Print ``line`` on stderr: on rank 0 always; on another rank only an error of its own
     (not one rank 0 reports, nor an interruption), prefixed with its rank."""
-    from . import distributed
-
     if distributed.rank() == 0:
         print(line, file=sys.stderr)
     elif isinstance(error, Exception) and not getattr(error, "from_lead", False):
