@@ -166,6 +166,12 @@ def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_
     again = table1(["2D Pendulum"], ["PPO"], [0], budget_s=1.0, cache=str(cache), progress=True)
     assert again["cells"] == data["cells"]
     assert "0 cells to run (1 cached" in capsys.readouterr().err
+    # a cell recorded as an error is run again; its finished run folder is resumed, not retrained
+    cache.write_text(json.dumps(data | {"cells": {"2D Pendulum | PPO | seed 0": {**ppo, "status": "error"}}}))
+    rerun = table1(["2D Pendulum"], ["PPO"], [0], budget_s=1.0, cache=str(cache), progress=False)
+    resumed = rerun["cells"]["2D Pendulum | PPO | seed 0"]
+    assert resumed["status"] == "ok" and resumed["resumed_from_epoch"] == ppo["epochs"] == resumed["epochs"]
+    assert resumed["reward"] == ppo["reward"] and resumed["curve"] == ppo["curve"]
     rep = report(json.loads(cache.read_text()) | {"cells": {**data["cells"], **tiny["cells"]}},
                  images=str(tmp_path / "img"))
     assert "budget too small" in rep["table"] and (tmp_path / "img" / "table1_pendulum2d-stop.png").is_file()

@@ -12,8 +12,10 @@ machine still get equal compute — on an idle core it equals the wall time), on
 and against env steps.
 
 Cells run in subprocesses, ``jobs`` side by side (one per core). Every finished cell is written
-to the cache (a JSON file, atomically) and never re-run: ``--resume FILE`` continues a table over
-several sittings. A cell whose first epoch alone is longer than the budget is recorded with
+to the cache (a JSON file, atomically) and never re-run (a cell that raised is recorded as
+``status = "error"`` and run again by the next call): ``--resume FILE`` continues a table over
+several sittings, and a cell that was stopped mid-way (Ctrl-C, a killed process) resumes from its
+run folder's checkpoint. A cell whose first epoch alone is longer than the budget is recorded with
 ``status = "budget_too_small"`` and reported as such, not as a result. :func:`report` turns the
 cache into the markdown table, the claims checked row by row, and one reward-vs-time figure per
 row.
@@ -102,27 +104,52 @@ def cell_key(row: str, column: str, seed: int) -> str:
     return f"{row} | {column} | seed {seed}"
 
 
+def _saved_config(folder: Path) -> dict | None:
+    """The configuration of the run checkpointed in ``folder`` (``None``: no readable checkpoint)."""
+    if not (folder / "checkpoint.pt").is_file():
+        return None
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def run_cell(row: str, column: str, seed: int, budget_s: float, folder: str, clock: str = "cpu") -> dict:
-    """One cell (see the module doc); returns its summary for the cache."""
+    """One cell (see the module doc); returns its summary for the cache. A cell interrupted
+    earlier (its ``folder`` holds a checkpoint of exactly this run) is resumed from that checkpoint
+    — exactly, budget spent included — instead of started again."""
+    import dataclasses
+
     import torch
 
-    from ..algos import RunConfig
+    from ..algos import RunConfig, algo_config
     from ..training import train
 
     torch.set_num_threads(1)
     algo, settings = columns()[column]
     run = RunConfig(env=ROWS[row], algo=algo, seed=seed, epochs=1_000_000, budget_s=budget_s, budget_clock=clock,
                     eval_every=0, eval_every_s=budget_s / 10, usd_envs=0, threads=1, out=folder, **settings)
+    config = {"run": dataclasses.asdict(run), "algo": dataclasses.asdict(algo_config(algo))}
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
-    res = train(run, progress=False, overwrite=True)
+    if _saved_config(Path(folder)) == json.loads(json.dumps(config)):
+        res = train(run, resume=folder, progress=False)
+    else:
+        res = train(run, progress=False, overwrite=True)
     status = "ok" if res["first_epoch_s"] is not None and res["first_epoch_s"] <= budget_s else "budget_too_small"
     keep = ("reward", "reward_std", "terminal_kinetic_energy", "distance_to_target", "action_magnitude", "diverged",
-            "epochs", "train_time_s", "first_epoch_s")
+            "epochs", "train_time_s", "first_epoch_s", "resumed_from_epoch")
     return {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
             "status": status,
             "settings": settings, "wall_s": time.perf_counter() - t0, "untrained_reward": res["untrained"]["reward"],
             "load_average": [load0, os.getloadavg()[0]],  # 1-minute load at start and end: the cores' contention
             **{k: res[k] for k in keep}, "curve": res["curve"]}
+
+
+def _cached(cell: dict | None, budget_s: float, clock: str) -> bool:
+    """Whether ``cell`` (from the cache) is a result of this budget and clock: an ``"error"`` cell
+    is not (it is run again)."""
+    return cell is not None and cell.get("status") != "error" and \
+        (cell.get("budget_s"), cell.get("budget_clock")) == (budget_s, clock)
 
 
 def _write_cache(path: Path, cache: dict) -> None:
@@ -151,9 +178,8 @@ def table1(rows=None, cols=None, seeds=(0, 1), budget_s: float = 300.0, jobs: in
     data.setdefault("machine", {**machine_info(), "cpus": os.cpu_count()})
     data["revision"] = git_revision()
     folder = Path(runs_dir or Path("runs") / path.stem)  # the cells' run folders (checkpoints, logs): not the cache's
-    todo = [(r, c, s) for s in seeds for r in rows for c in cols
-            if (cells.get(cell_key(r, c, s), {}).get("budget_s"), cells.get(cell_key(r, c, s), {}).get("budget_clock"))
-            != (budget_s, clock)]
+    todo = [(r, c, s) for s in seeds for r in rows for c in cols if not _cached(cells.get(cell_key(r, c, s)),
+                                                                                  budget_s, clock)]
     log = stderr_log(progress)
     log(f"table1: {len(todo)} cells to run ({len(rows) * len(cols) * len(seeds) - len(todo)} cached in {path}), "
         f"budget {budget_s:g} s of {clock} time each, {jobs} at a time")
@@ -170,6 +196,13 @@ def table1(rows=None, cols=None, seeds=(0, 1), budget_s: float = 300.0, jobs: in
                 r, c, s = futures[fut]
                 try:
                     cells[cell_key(r, c, s)] = fut.result()
+                except cf.process.BrokenProcessPool:
+                    # a worker was killed from outside (the machine, a session's end): not the cell's
+                    # result; the unfinished cells stay out of the cache and resume from their checkpoints
+                    raise RuntimeError(f"table1: a cell's process was killed ({r} | {c} | seed {s}); finished "
+                                       f"cells are in {path}; continue with `python -m warpsim_rl.bench table1 "
+                                       f"--resume {path} ...` (same options): the unfinished cells resume from "
+                                       f"their checkpoints") from None
                 except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the table goes on
                     cells[cell_key(r, c, s)] = {"row": r, "column": c, "seed": s, "budget_s": budget_s,
                                                 "budget_clock": clock, "status": "error",
