@@ -48,3 +48,33 @@ def test_pods_uses_the_same_step_as_the_trajectory_optimiser():
     for a, b in ((via_pods.actions, res.actions), (via_pods.returns_after, res.returns_after),
                  (via_pods.alpha, res.alpha)):
         assert torch.equal(a, b)
+
+
+def test_jacobians_over_the_memory_budget_are_computed_chunk_by_chunk():
+    """A batch whose Jacobians exceed ``jacobian_memory_mb`` records none in its rollout: they are
+    re-taken chunk by chunk (7 rollouts in chunks of 3, 3, 1 padded to 3) from the stored states —
+    bit for bit the recorded ones — and give the same step (to round-off: torch's batched algebra
+    depends on the batch size) and the same singular mask."""
+    task = make_task("double_pendulum3d-stop", horizon=25)
+    core = StepCore(task, 7, "cpu", "float64")
+    s0 = core.initial_state(*task.sample_initial_states(7, 3))
+    actions = 0.3 * torch.randn(task.horizon, 7, task.action_dim, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(0))
+    whole = TrajectoryOptimizer(core, TrajectoryStepConfig())
+    m = core.model
+    per_env = task.horizon * m.num_state * (m.num_state + m.num_actions) * 8
+    chunked = TrajectoryOptimizer(core, TrajectoryStepConfig(jacobian_memory_mb=3.5 * per_env / 2 ** 20))
+    assert (whole.jacobian_rows, whole.records_jacobians) == (7, True)
+    assert (chunked.jacobian_rows, chunked.records_jacobians) == (3, False)
+    recorded, replayed = whole.rollout(s0, actions), chunked.rollout(s0, actions)
+    assert replayed.A is None
+    for rows in (slice(0, 3), slice(6, 7)):
+        A, B, singular = chunked._chunk_jacobians(replayed, rows)
+        assert torch.equal(A, recorded.A[:, rows]) and torch.equal(B, recorded.B[:, rows])
+        assert not bool(singular.any())
+    env_steps = core.counter.env_steps
+    torch.testing.assert_close(chunked.direction(replayed), whole.direction(recorded), rtol=1e-10, atol=1e-12)
+    assert core.counter.env_steps == env_steps  # re-taken steps are not env steps
+    assert torch.equal(replayed.failed, recorded.failed)
+    with pytest.raises(ValueError, match="jacobian_memory_mb"):
+        TrajectoryStepConfig(jacobian_memory_mb=0)

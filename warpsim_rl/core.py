@@ -237,6 +237,13 @@ class StepCore:
         self.counter.add(self.num_envs)
         return self._step_executed(state, self.clip(action), jacobians)
 
+    def retake(self, state, executed: torch.Tensor) -> Transition:
+        """A recorded step taken again with its Jacobians: from ``state`` with the ``executed``
+        (already clipped) action, as :meth:`step` with ``jacobians=True`` but not counted as env
+        steps (nothing new is simulated: each env's step depends on its own inputs only, so the
+        result is the recorded one, bit for bit)."""
+        return self._step_executed(state, executed, True)
+
     def _step_executed(self, state, a: torch.Tensor, jacobians: bool) -> Transition:
         if jacobians:
             nxt, A, B = self.tsim.jacobians(*state, a, validate=False)

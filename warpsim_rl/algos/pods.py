@@ -86,7 +86,7 @@ class PODS(Algorithm):
     def train_epoch(self) -> dict:
         cfg, task = self.cfg, self.task
         state0 = self.initial_state()
-        traj = self.core.rollout(self.policy, state0, task.horizon, jacobians=cfg.order == 2,
+        traj = self.core.rollout(self.policy, state0, task.horizon, jacobians=self.trajectory.records_jacobians,
                                  leaf_actions=cfg.order == 1)
         res = self.trajectory.line_search(state0, traj, self.trajectory.direction(traj))
         ok = res.improved & ~traj.failed

@@ -90,6 +90,11 @@ class TrajectoryStepConfig:
     """2nd order: Levenberg-Marquardt term added to H (docs/algorithms.md says why)"""
     chunk: int = 256
     """2nd order: rollouts per batched Gauss-Newton solve (memory: chunk x (T na)^2 numbers)"""
+    jacobian_memory_mb: float = 2048.0
+    """2nd order: most memory (MiB) the per-step Jacobians A_t, B_t of one batch may take
+    (T x E x ns x (ns + na) numbers); a larger batch records none in its rollout and computes
+    them chunk by chunk of rollouts from the stored trajectory instead (one extra step per env and
+    step, the same numbers)"""
 
     def __post_init__(self):
         if self.order not in (1, 2):
@@ -98,6 +103,7 @@ class TrajectoryStepConfig:
         check_int("chunk", self.chunk, 1)
         check_positive("first_order_step", self.first_order_step)
         check_positive("gn_damping", self.gn_damping, allow_zero=True)
+        check_positive("jacobian_memory_mb", self.jacobian_memory_mb)
 
 
 @dataclasses.dataclass
@@ -133,6 +139,19 @@ class TrajectoryOptimizer:
         self.core, self.cfg = core, cfg
         self.alphas = torch.tensor([0.5 ** i for i in range(cfg.line_search)], dtype=core.dtype, device=core.device)
         self.search = core.sibling(core.num_envs * cfg.line_search)
+        m, E = core.model, core.num_envs
+        per_env = core.task.horizon * m.num_state * (m.num_state + m.num_actions) * core.dtype.itemsize
+        fit = max(1, int(cfg.jacobian_memory_mb * 2 ** 20 // per_env))
+        #: rollouts whose Jacobians are computed at once: all E (recorded in the rollout) when
+        #: they fit in ``jacobian_memory_mb``, else equal chunks of at most ``fit``
+        self.jacobian_rows = E if fit >= E else -(-E // -(-E // fit))
+        self._jacobian_core = None
+
+    @property
+    def records_jacobians(self) -> bool:
+        """Whether the rollouts :meth:`direction` takes must record the Jacobians (2nd order, all
+        of the batch's fitting in memory); otherwise :meth:`direction` computes them itself."""
+        return self.cfg.order == 2 and self.jacobian_rows == self.core.num_envs
 
     def rollout(self, state0, actions: torch.Tensor) -> Trajectory:
         """Open-loop rollout of ``actions`` (T, E, na or h, dim) with what :meth:`direction` needs
@@ -144,7 +163,8 @@ class TrajectoryOptimizer:
             traj.leaves = leaves
             return traj
         with torch.no_grad():
-            return self.core.open_loop(state0, actions.reshape(T, *self.core.action_shape), jacobians=True)
+            return self.core.open_loop(state0, actions.reshape(T, *self.core.action_shape),
+                                       jacobians=self.records_jacobians)
 
     def direction(self, traj: Trajectory) -> torch.Tensor:
         """The improvement direction (T, E, na) of ``traj``'s actions: from its leaves' gradients
@@ -166,14 +186,43 @@ class TrajectoryOptimizer:
             dr_da.append(d["dr_da"])
         c_ss = -d["d2r_ds2"]
         c_aa = -d["d2r_da2"]
-        grad = value_gradient(traj.A, traj.B, torch.stack(dr_ds), torch.stack(dr_da))
-        step = torch.empty_like(grad)
-        for s in range(0, E, cfg.chunk):
-            sl = slice(s, min(E, s + cfg.chunk))
-            step[:, sl] = gauss_newton_direction(traj.A[:, sl], traj.B[:, sl], grad[:, sl], c_ss, c_aa,
-                                                 cfg.gn_damping)
+        dr_ds, dr_da = torch.stack(dr_ds), torch.stack(dr_da)
+        step = torch.empty_like(dr_da)
+        for e0 in range(0, E, self.jacobian_rows):
+            rows = slice(e0, min(E, e0 + self.jacobian_rows))
+            if traj.A is not None:
+                A, B = traj.A[:, rows], traj.B[:, rows]
+            else:
+                A, B, singular = self._chunk_jacobians(traj, rows)
+                traj.failed[rows] |= singular
+            grad = value_gradient(A, B, dr_ds[:, rows], dr_da[:, rows])
+            for s in range(0, grad.shape[1], cfg.chunk):
+                sl = slice(s, min(grad.shape[1], s + cfg.chunk))
+                step[:, rows][:, sl] = gauss_newton_direction(A[:, sl], B[:, sl], grad[:, sl], c_ss, c_aa,
+                                                              cfg.gn_damping)
         traj.A = traj.B = None  # free the Jacobians
         return step
+
+    @torch.no_grad()
+    def _chunk_jacobians(self, traj: Trajectory, rows: slice):
+        """``A``, ``B`` (T, R, ...) and the singular mask (R,) of rollouts ``rows`` of ``traj``
+        (recorded without Jacobians), by re-taking each stored step on a core of
+        ``jacobian_rows`` envs (a last, smaller chunk is padded with copies of its last rollout).
+        Every env's step is independent of the others', so these are the numbers the rollout
+        would have recorded."""
+        if self._jacobian_core is None:
+            self._jacobian_core = self.core.sibling(self.jacobian_rows)
+        core, n = self._jacobian_core, rows.stop - rows.start
+        pad = torch.cat([torch.arange(rows.start, rows.stop, device=traj.actions.device),
+                         torch.full((self.jacobian_rows - n,), rows.stop - 1, device=traj.actions.device)])
+        As, Bs = [], []
+        singular = torch.zeros(n, dtype=torch.bool, device=traj.actions.device)
+        for t in range(traj.actions.shape[0]):
+            tr = core.retake(tuple(x[pad] for x in traj.states[t]), traj.actions[t][pad])
+            As.append(tr.A[:n])
+            Bs.append(tr.B[:n])
+            singular |= tr.singular[:n]
+        return torch.stack(As), torch.stack(Bs), singular
 
     @torch.no_grad()
     def line_search(self, state0, traj: Trajectory, step: torch.Tensor) -> TrajectoryStep:
