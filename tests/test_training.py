@@ -347,6 +347,48 @@ def test_policy_check_backtracks_on_the_regression_step(backtracks, step):
         assert all(torch.equal(after[k], saved[0][k]) for k in after)
 
 
+def test_policy_check_falls_back_to_the_closed_loop_gradient():
+    """``check_fallback = "gradient"``: when every halving of a (sabotaged) regression step lowers
+    the return, the step kept is ``beta (target / |g|^2) g`` from the old weights — ``g`` the
+    closed-loop gradient of the batch return (recomputed here by autograd through a fresh
+    rollout), ``target`` the trajectory-space step's mean gain — and it does not lower the batch
+    return."""
+    from warpsim_rl.algos import PODS
+
+    alg = PODS(make_task("pendulum2d-stop", horizon=20), RunConfig(num_envs=8, horizon=20, dtype="float64"),
+               algo_config("pods2", regression_steps=3, check_fallback="gradient"))
+    alg.train_epoch()
+    params = dict(alg.policy.named_parameters())
+    seen = {}
+    original_check, original_regress = alg._check_policy, alg.regress
+
+    def sabotage(X, Y):
+        loss = original_regress(X, Y)
+        with torch.no_grad():
+            alg.policy.net[-1].bias.add_(3.0)
+        return loss
+
+    def capture(state0, old, old_failed, saved, target):
+        seen.update(state0=state0, old={k: saved[0][k].clone() for k in params}, target=target)
+        return original_check(state0, old, old_failed, saved, target)
+
+    alg.regress, alg._check_policy = sabotage, capture
+    m = alg.train_epoch()
+    assert m["train/policy_step"] == 0.0 and m["train/policy_accepted"] == 1
+    assert m["train/policy_fallback"] in (1.0, 0.5, 0.25) and m["train/policy_gain"] >= 0.0
+    kept = {k: p.detach().clone() for k, p in params.items()}
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(seen["old"][k])
+    traj = alg.core.rollout(alg.policy, seen["state0"], 20, graph=True)
+    grad = torch.autograd.grad(traj.returns.mean(), list(params.values()))
+    g = torch.cat([x.reshape(-1) for x in grad])
+    step = torch.cat([(kept[k] - seen["old"][k]).reshape(-1) for k in params])
+    assert seen["target"] > 0.0  # the line search improved the batch
+    torch.testing.assert_close(step, m["train/policy_fallback"] * seen["target"] * g / g.square().sum(),
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_failed_environments_do_not_enter_the_observation_statistics():
     """BPTT observes only the environments whose rollout did not fail (a failed state may be
     non-finite and would poison the normaliser for the rest of the run)."""

@@ -65,8 +65,27 @@ def golden_rollout(scene: str, dtype: str) -> dict[str, np.ndarray]:
     return out
 
 
+def machine() -> str:
+    """The CPU the arrays are computed on, as far as it decides their bits: Warp compiles CPU
+    kernels with ``-march=native``, so another CPU model (other vector units, other tuning) may
+    round differently. Architecture, vendor, family, model and a digest of the CPU flags."""
+    import hashlib
+    import platform
+
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            info.setdefault(key.strip(), val.strip())
+    except OSError:
+        pass
+    flags = hashlib.sha1(" ".join(sorted(info.get("flags", "").split())).encode()).hexdigest()[:12]
+    return " | ".join([platform.machine(), info.get("vendor_id", platform.processor()), info.get("cpu family", ""),
+                       info.get("model", ""), info.get("model name", ""), f"flags {flags}"])
+
+
 def record_all() -> dict[str, np.ndarray]:
-    data = {}
+    data = {"_machine": np.array(machine())}
     for scene in scene_names():
         for dtype in ("float32", "float64"):
             for key, val in golden_rollout(scene, dtype).items():

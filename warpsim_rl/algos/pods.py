@@ -36,7 +36,7 @@ import torch
 from .. import distributed
 from ..tasks import Task
 from .base import Algorithm
-from .config import AlgoConfig, RunConfig, check_bool, check_int
+from .config import AlgoConfig, RunConfig, check_bool, check_choice, check_int
 from .trajectory import TrajectoryOptimizer, TrajectoryStepConfig
 
 __all__ = ["PODS", "PODSConfig"]
@@ -60,6 +60,12 @@ class PODSConfig(TrajectoryStepConfig, AlgoConfig):
     """with policy_check: halvings of the regression's parameter step tried when the full step lowers
     the batch return, before the old policy is kept (0: keep or revert)"""
 
+    check_fallback: str = "none"
+    """with policy_check, when every regression step size lowers the batch return: 'gradient' tries
+    a step along the closed-loop gradient of the batch return (one BPTT pass) whose first-order
+    gain is the trajectory-space step's, with the same halvings, before the old policy is kept; 'none':
+    keep the old policy (docs/algorithms.md)"""
+
     def __post_init__(self):
         AlgoConfig.__post_init__(self)
         TrajectoryStepConfig.__post_init__(self)
@@ -67,6 +73,7 @@ class PODSConfig(TrajectoryStepConfig, AlgoConfig):
         check_int("regression_batch", self.regression_batch, 1)
         check_bool("policy_check", self.policy_check)
         check_int("check_backtracks", self.check_backtracks, 0)
+        check_choice("check_fallback", self.check_fallback, ("gradient", "none"))
 
 
 class PODS(Algorithm):
@@ -101,7 +108,8 @@ class PODS(Algorithm):
             self.policy.observe(X)
             loss = self.regress(X, Y)
             if cfg.policy_check:
-                metrics = self._check_policy(state0, old, traj.failed, saved)
+                target = self.global_value(self.global_mean(res.returns_after - old, ~traj.failed))
+                metrics = self._check_policy(state0, old, traj.failed, saved, target)
         ran = ~traj.failed
         everywhere = torch.ones_like(ran)
         return {
@@ -115,41 +123,81 @@ class PODS(Algorithm):
         }
 
     @torch.no_grad()
-    def _check_policy(self, state0, old: torch.Tensor, old_failed: torch.Tensor, saved) -> dict:
+    def _check_policy(self, state0, old: torch.Tensor, old_failed: torch.Tensor, saved,
+                      target: float = 0.0) -> dict:
         """Keep the regressed policy only if its closed-loop return on this epoch's initial states
         is at least the old policy's (envs that fail under either policy excluded, and no env may
         fail that did not). If the full regression step fails the test, try the parameters
         ``theta_old + beta (theta_new - theta_old)`` for ``beta = 1/2, 1/4, ...``
         (``check_backtracks`` halvings, each one closed-loop rollout, the new observation
-        statistics kept) and keep the first that passes; if none does, restore the old weights,
-        observation statistics and optimiser state. Regression (Eq. 7) is not guaranteed to carry
-        the trajectory-space improvement over to the closed loop; this makes the batch return of
-        ``pi_theta`` monotone, as PODS' improvement argument intends, without freezing a policy
-        whose full regression steps keep overshooting (docs/algorithms.md)."""
-        new_params = {k: v.clone() for k, v in self.policy.named_parameters()}
-        old_params = {k: saved[0][k] for k in new_params}
-        beta, gain, accepted = 1.0, float("nan"), False
-        for attempt in range(self.cfg.check_backtracks + 1):
-            if attempt:
-                beta *= 0.5
-                for k, p in self.policy.named_parameters():
-                    p.copy_(torch.lerp(old_params[k], new_params[k], beta))
-            new = self.core.rollout(self.policy, state0, self.task.horizon)
-            both = ~(old_failed | new.failed)
-            if distributed.is_distributed():  # the global batch's gain and failures: one decision everywhere
-                gain = self.global_value(self.global_mean(new.returns - old, both))
-                newly_failed = int(distributed.global_count(new.failed & ~old_failed))
-            else:
-                gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
-                newly_failed = int((new.failed & ~old_failed).sum())
-            accepted = gain >= 0.0 and newly_failed == 0
-            if accepted:
-                break
-        if not accepted:
+        statistics kept) and keep the first that passes. If none does and ``check_fallback`` is
+        ``"gradient"``, try ``theta_old + beta (target / |g|^2) g``: ``g`` the analytic gradient of
+        the batch's closed-loop return through policy and simulator (one BPTT pass from the same
+        states), scaled so that its first-order gain is ``target``, the mean gain the
+        trajectory-space step found on the batch (the improvement the regression was to carry
+        over), the same ``beta``; if that fails too, restore the old weights, observation statistics and optimiser
+        state. Regression (Eq. 7) is not guaranteed to carry the trajectory-space improvement over
+        to the closed loop; this makes the batch return of ``pi_theta`` monotone, as PODS'
+        improvement argument intends, without freezing a policy whose regressions keep lowering
+        it (docs/algorithms.md)."""
+        params = dict(self.policy.named_parameters())
+        new_params = {k: v.clone() for k, v in params.items()}
+        old_params = {k: saved[0][k] for k in params}
+        betas = [0.5 ** i for i in range(self.cfg.check_backtracks + 1)]
+        gain = float("nan")
+        for beta in betas:
+            for k, p in params.items():
+                p.copy_(torch.lerp(old_params[k], new_params[k], beta))
+            gain, passed = self._closed_loop_gain(state0, old, old_failed)
+            if passed:
+                return {"train/policy_accepted": 1, "train/policy_gain": gain, "train/policy_step": beta,
+                        "train/policy_fallback": 0.0}
+        fallback = 0.0
+        self.optimizer.load_state_dict(saved[1])  # the regression's steps were rejected
+        if self.cfg.check_fallback == "gradient" and target > 0.0:
+            for k, p in params.items():
+                p.copy_(old_params[k])
+            grad = self._closed_loop_gradient(state0)
+            norm2 = float(sum(g.square().sum() for g in grad.values()))
+            if norm2 > 0.0:
+                for beta in betas:
+                    for k, p in params.items():
+                        p.copy_(old_params[k] + (beta * target / norm2) * grad[k])
+                    gain, passed = self._closed_loop_gain(state0, old, old_failed)
+                    if passed:
+                        fallback = beta
+                        break
+        if not fallback:
             self.policy.load_state_dict(saved[0])
-            self.optimizer.load_state_dict(saved[1])
-        return {"train/policy_accepted": int(accepted), "train/policy_gain": gain,
-                "train/policy_step": beta if accepted else 0.0}
+        return {"train/policy_accepted": int(fallback > 0), "train/policy_gain": gain, "train/policy_step": 0.0,
+                "train/policy_fallback": fallback}
+
+    def _closed_loop_gain(self, state0, old: torch.Tensor, old_failed: torch.Tensor) -> tuple[float, bool]:
+        """The current policy's closed-loop batch return from ``state0`` minus ``old`` (over the
+        envs that fail under neither), and whether it passes the check (no loss, no new failure)."""
+        new = self.core.rollout(self.policy, state0, self.task.horizon)
+        both = ~(old_failed | new.failed)
+        if distributed.is_distributed():  # the global batch's gain and failures: one decision everywhere
+            gain = self.global_value(self.global_mean(new.returns - old, both))
+            newly_failed = int(distributed.global_count(new.failed & ~old_failed))
+        else:
+            gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
+            newly_failed = int((new.failed & ~old_failed).sum())
+        return gain, gain >= 0.0 and newly_failed == 0
+
+    def _closed_loop_gradient(self, state0) -> dict:
+        """``d mean V / d theta`` of the policy's closed-loop rollout from ``state0`` (the envs that
+        did not fail), through the simulator's implicit adjoints, as BPTT takes it; under torchrun
+        the global batch's (summed shares)."""
+        with torch.enable_grad():
+            traj = self.core.rollout(self.policy, state0, self.task.horizon, graph=True)
+            self.optimizer.zero_grad()
+            self.global_mean(traj.returns, ~traj.failed).backward()
+            self.all_reduce_gradients()
+        grad = {k: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                for k, p in self.policy.named_parameters()}
+        self.optimizer.zero_grad()
+        return grad
 
     def regress(self, X: torch.Tensor, Y: torch.Tensor) -> float:
         """Eq. 7: ``min_theta mean ||pi_theta(s_t) - a'_t||^2`` with Adam on random minibatches of

@@ -139,7 +139,7 @@ def run_cell(row: str, column: str, seed: int, budget_s: float, folder: str, clo
     keep = ("reward", "reward_std", "terminal_kinetic_energy", "distance_to_target", "action_magnitude", "diverged",
             "epochs", "train_time_s", "first_epoch_s", "resumed_from_epoch")
     return {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
-            "status": status,
+            "status": status, "revision": git_revision(),  # the code this cell ran (the cache's own file makes it -dirty)
             "settings": settings, "wall_s": time.perf_counter() - t0, "untrained_reward": res["untrained"]["reward"],
             "load_average": [load0, os.getloadavg()[0]],  # 1-minute load at start and end: the cores' contention
             **{k: res[k] for k in keep}, "curve": res["curve"]}
