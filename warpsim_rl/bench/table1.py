@@ -61,6 +61,7 @@ COLUMNS = {
     "PPO": ("ppo", {"num_envs": 64}),
     "BPTT": ("bptt", {"num_envs": 256}),
     "DDPG": ("ddpg", {"num_envs": 64}),
+    "D3PG": ("d3pg", {"num_envs": 64}),  # DDPG plus the simulator's gradients: the DDPG column's env count
 }
 
 #: PODS Table 1 (Mora et al. 2021): row -> {column: (reward, compute hours)}; GPS is not ours
