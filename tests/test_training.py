@@ -709,3 +709,22 @@ def test_train_py_lists_the_tasks_and_scenes(capsys):
     for name in task_names():
         assert name in out
     assert "rope3d" in out and "horizon" in out.lower()
+
+
+def test_scene_params_reach_the_task_and_bad_ones_name_themselves(tmp_path):
+    """``--scene-params NAME=VALUE`` overrides the task's scene (here the wall's stiffness), is
+    stored in config.json and survives the round trip; a malformed entry or an unknown name is a
+    ValueError naming it, before anything runs."""
+    from warpsim_rl.training import _task_of
+
+    run = RunConfig(env="wall_pendulum2d-stop", scene_params=("wall_stiffness=1e5",), num_envs=4, epochs=1,
+                    usd_envs=0, eval_every=0, out=str(tmp_path / "run"))
+    assert _task_of(run).scene.contact.stiffness == 1e5
+    assert _task_of(RunConfig(env="wall_pendulum2d-stop")).scene.contact.stiffness == 1e4
+    train(run, progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["run"]
+    assert saved["scene_params"] == ["wall_stiffness=1e5"] and RunConfig(**saved) == run
+    with pytest.raises(ValueError, match=r"scene_params: 'wall_stiffness': expected NAME=NUMBER"):
+        RunConfig(env="wall_pendulum2d-stop", scene_params=("wall_stiffness",))
+    with pytest.raises(ValueError, match=r"unknown override\(s\) \['wall_stifness'\]"):
+        RunConfig(env="wall_pendulum2d-stop", scene_params=("wall_stifness=1e5",))

@@ -144,7 +144,10 @@ def configs_from_checkpoint(ckpt: dict) -> tuple[RunConfig, AlgoConfig]:
 
 
 def _task_of(run: RunConfig):
-    return make_task(run.env, horizon=run.horizon) if run.horizon else make_task(run.env)
+    overrides = {"horizon": run.horizon} if run.horizon else {}
+    if run.scene_params:
+        overrides["scene_params"] = run.scene_overrides()
+    return make_task(run.env, **overrides)
 
 
 def load_policy(checkpoint, device="cpu", dtype: str | None = None):

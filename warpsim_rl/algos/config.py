@@ -137,6 +137,9 @@ class RunConfig:
     budget_clock: str = "wall"
     """the clock of ``budget_s`` and ``eval_every_s``: 'wall' (elapsed time) or 'cpu' (this process's
     CPU time: with one thread, the compute spent whatever else shares the machine)"""
+    scene_params: tuple[str, ...] = ()
+    """overrides of the task's scene parameters, NAME=VALUE each (e.g. wall_stiffness=1e5 for
+    wall_pendulum2d; docs/scenes.md lists a scene's parameters)"""
 
     def __post_init__(self):
         from ..tasks import task_name_problem
@@ -144,6 +147,8 @@ class RunConfig:
         problem = task_name_problem(self.env)  # a registered name, or '<path>.toml:<kind>' (file checked)
         if problem is not None:
             raise ValueError(f"env = {self.env!r}: {problem}")
+        self.scene_params = tuple(self.scene_params)  # a list when read back from config.json
+        self.scene_overrides()  # the format, and the names against the scene's parameters
         check_int("num_envs", self.num_envs, 1)
         check_int("epochs", self.epochs, 1)
         check_int("seed", self.seed, 0)
@@ -158,6 +163,29 @@ class RunConfig:
         if self.budget_s is not None:
             check_positive("budget_s", self.budget_s)
         check_choice("budget_clock", self.budget_clock, ("wall", "cpu"))
+
+    def scene_overrides(self) -> tuple[tuple[str, float], ...]:
+        """``scene_params`` as ``(name, value)`` pairs for :func:`~warpsim_rl.tasks.make_task`;
+        ValueError naming the entry that is not NAME=NUMBER or names no parameter of the scene."""
+        pairs = []
+        for item in self.scene_params:
+            name, sep, value = str(item).partition("=")
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if not sep or not name.strip() or number is None:
+                raise ValueError(f"scene_params: {item!r}: expected NAME=NUMBER, e.g. wall_stiffness=1e5")
+            pairs.append((name.strip(), number))
+        if pairs:
+            from ..scene import SceneError
+            from ..tasks import make_task
+
+            try:
+                make_task(self.env, scene_params=tuple(pairs)).scene
+            except SceneError as e:
+                raise ValueError(f"scene_params = {list(self.scene_params)}: {e}") from None
+        return tuple(pairs)
         if not isinstance(self.device, str) or not self.device:
             raise ValueError(f"device = {self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
         if self.out is not None and (not isinstance(self.out, str) or not self.out):
