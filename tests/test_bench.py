@@ -181,3 +181,33 @@ def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_
         table1(["2D Pendulum"], ["SACC"], [0], cache=str(cache))
     with pytest.raises(ValueError, match="budget_s = 0: must be a positive"):
         table1(["2D Pendulum"], ["PPO"], [0], budget_s=0, cache=str(cache))
+
+
+def test_nonsmooth_cells_use_their_wall_and_group_gradients_average_to_the_batch_gradient(tmp_path):
+    """A non-smooth study cell trains on its row's wall stiffness (the scene override reaches the
+    run); the group gradients behind ``var_rel`` average to the gradient of the batch's mean return
+    (equal groups, no failures), computed here by one autograd call."""
+    import torch
+
+    from warpsim_rl.algos import RunConfig, make_algorithm
+    from warpsim_rl.bench.nonsmooth import gradient_variance, group_gradients, nonsmooth
+    from warpsim_rl.training import _task_of
+
+    data = nonsmooth(["wall 1e5 N/m"], ["BPTT"], [0], budget_s=1.0, cache=str(tmp_path / "ns.json"),
+                     runs_dir=str(tmp_path / "runs"), progress=False)
+    cell = data["cells"]["wall 1e5 N/m | BPTT | seed 0"]
+    assert cell["status"] == "ok" and cell["epochs"] >= 1
+    saved = json.loads((tmp_path / "runs" / "wall1e5-BPTT-s0" / "config.json").read_text())["run"]
+    assert saved["scene_params"] == ["wall_stiffness=1e5"] and saved["env"] == "wall_pendulum2d-stop"
+
+    run = RunConfig(env="wall_pendulum2d-stop", algo="bptt", num_envs=8, dtype="float64", threads=1,
+                    horizon=30, scene_params=("wall_stiffness=1e5",))
+    alg = make_algorithm(_task_of(run), run)
+    s0 = alg.initial_state()
+    G, failed = group_gradients(alg, s0, 30, 4)
+    assert G.shape[0] == 4 and not bool(failed.any())
+    traj = alg.core.rollout(alg.policy, s0, 30, graph=True)
+    whole = torch.cat([g.reshape(-1) for g in torch.autograd.grad(traj.returns.mean(), list(alg.policy.parameters()))])
+    torch.testing.assert_close(G.mean(0), whole, rtol=1e-10, atol=1e-12)
+    (row,) = gradient_variance(["wall 1e5 N/m"], seeds=[0], num_envs=16, groups=4, window=10)
+    assert row["window"]["horizon"] == 10 and 0.0 < row["full"]["var_rel"] < float("inf")

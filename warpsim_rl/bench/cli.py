@@ -109,6 +109,12 @@ def parser() -> argparse.ArgumentParser:
 
     table1.add_arguments(tb)
     _common(tb, device=False)
+    ns = sub.add_parser("nonsmooth", help="AGPO, SHAC, BPTT, PODS, AoBG on a stiffening wall and the cloth "
+                                          "(equal budget) and the analytic gradient's variance")
+    from . import nonsmooth
+
+    nonsmooth.add_arguments(ns)
+    _common(ns, device=False)
     wi = sub.add_parser("windows", help="a SHAC / AGPO epoch against the forward simulation of its steps")
     wi.add_argument("--task", default="pendulum2d-stop")
     wi.add_argument("--algo", default="shac", choices=["shac", "agpo"])
@@ -182,6 +188,10 @@ def run(args) -> dict:
         from .table1 import from_args as table1_from_args
 
         return table1_from_args(args)
+    if args.cmd == "nonsmooth":
+        from .nonsmooth import from_args as nonsmooth_from_args
+
+        return nonsmooth_from_args(args)
     if args.cmd == "windows":
         from .windows import window_epoch_cost
 

@@ -1,0 +1,222 @@
+"""A grid of training runs at equal budget: rows (tasks) × columns (algorithms) × seeds.
+
+The runner behind ``bench table1`` (PODS Table 1) and ``bench nonsmooth`` (the non-smooth
+study). A *cell* is one ``train.py`` run (:func:`warpsim_rl.training.train`) of one column's
+algorithm, with that column's fixed settings and the registry's defaults otherwise, on one row's
+task (with the row's scene-parameter overrides), for one seed, under a training budget of
+``budget_s`` seconds (evaluation excluded) — by default of the cell's CPU time
+(``clock = "cpu"``), so that cells sharing a busy machine still get equal compute (on an idle core
+it equals the wall time) — on one Warp thread and one torch thread, evaluated on the task's
+1000-state test bed every ``budget_s / 10`` of training and at the end; its learning curve is
+recorded against training time and against env steps.
+
+Cells run in subprocesses, ``jobs`` side by side (one per core). Every finished cell is written
+to the cache (a JSON file, atomically) and never re-run (a cell that raised is recorded as
+``status = "error"`` and run again by the next call); a cell that was stopped mid-way (Ctrl-C, a
+killed process) resumes from its run folder's checkpoint. A cell whose first epoch alone is
+longer than the budget is recorded with ``status = "budget_too_small"``, not as a result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..usd import atomic_write
+from .common import git_revision, machine_info, stderr_log
+
+__all__ = ["run_grid", "run_cell", "cell_key", "check_names", "clock_key", "first_reach", "stats", "plot_row"]
+
+
+def check_names(names, valid, what: str) -> list[str]:
+    """``names`` (default: all of ``valid``), each checked; ValueError listing the valid ones."""
+    names = list(valid) if names is None else list(names)
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise ValueError(f"{what} {bad}: unknown; valid {what}s: {list(valid)}")
+    return names
+
+
+def cell_key(row: str, column: str, seed: int) -> str:
+    return f"{row} | {column} | seed {seed}"
+
+
+def _saved_config(folder: Path) -> dict | None:
+    """The configuration of the run checkpointed in ``folder`` (``None``: no readable checkpoint)."""
+    if not (folder / "checkpoint.pt").is_file():
+        return None
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, settings: dict, seed: int,
+             budget_s: float, folder: str, clock: str = "cpu") -> dict:
+    """One cell (module doc): ``algo`` with ``settings`` on ``env`` with the scene overrides
+    ``scene_params`` (``NAME=VALUE`` strings); returns its summary for the cache. A cell
+    interrupted earlier (its ``folder`` holds a checkpoint of exactly this run) is resumed from that
+    checkpoint — exactly, budget spent included — instead of started again."""
+    import dataclasses
+
+    import torch
+
+    from ..algos import RunConfig, algo_config
+    from ..training import train
+
+    torch.set_num_threads(1)
+    run = RunConfig(env=env, algo=algo, seed=seed, epochs=1_000_000, budget_s=budget_s, budget_clock=clock,
+                    eval_every=0, eval_every_s=budget_s / 10, usd_envs=0, threads=1, out=folder,
+                    scene_params=tuple(scene_params), **settings)
+    config = {"run": dataclasses.asdict(run), "algo": dataclasses.asdict(algo_config(algo))}
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    if _saved_config(Path(folder)) == json.loads(json.dumps(config)):
+        res = train(run, resume=folder, progress=False)
+    else:
+        res = train(run, progress=False, overwrite=True)
+    status = "ok" if res["first_epoch_s"] is not None and res["first_epoch_s"] <= budget_s else "budget_too_small"
+    keep = ("reward", "reward_std", "terminal_kinetic_energy", "distance_to_target", "action_magnitude", "diverged",
+            "epochs", "train_time_s", "first_epoch_s", "resumed_from_epoch")
+    return {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
+            "status": status, "revision": git_revision(),  # the code this cell ran (the cache's own file makes it -dirty)
+            "settings": settings, "wall_s": time.perf_counter() - t0, "untrained_reward": res["untrained"]["reward"],
+            "load_average": [load0, os.getloadavg()[0]],  # 1-minute load at start and end: the cores' contention
+            **{k: res[k] for k in keep}, "curve": res["curve"]}
+
+
+def _cached(cell: dict | None, budget_s: float, clock: str) -> bool:
+    """Whether ``cell`` (from the cache) is a result of this budget and clock: an ``"error"`` cell
+    is not (it is run again)."""
+    return cell is not None and cell.get("status") != "error" and \
+        (cell.get("budget_s"), cell.get("budget_clock")) == (budget_s, clock)
+
+
+def _write_cache(path: Path, cache: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(cache, indent=1)))
+
+
+def run_grid(name: str, rows: dict, cols: dict, row_names=None, col_names=None, seeds=(0, 1),
+             budget_s: float = 300.0, jobs: int = 1, cache: str = "runs/grid.json", runs_dir: str | None = None,
+             progress: bool = True, clock: str = "cpu", slugs: dict | None = None) -> dict:
+    """Run the missing cells of ``row_names`` × ``col_names`` × ``seeds`` (default: every row of
+    ``rows``, name -> ``(env, scene_params)``, and every column of ``cols``, name -> ``(algo,
+    settings)``) into the JSON ``cache`` (created if missing; cells already in it with the same
+    budget and clock are kept), ``jobs`` at a time, each under ``budget_s`` seconds of ``clock``
+    ('cpu' or 'wall'). Each cell's run folder (checkpoint, logs) is
+    ``<runs_dir>/<slug>-<column>-s<seed>`` (``runs_dir`` default ``runs/<cache stem>``, the slug
+    ``slugs[row]`` or the row name). ``name`` is the benchmark's, for messages. Returns the cache."""
+    row_names = check_names(row_names, rows, "row")
+    col_names = check_names(col_names, cols, "column")
+    if not (isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0):
+        raise ValueError(f"budget_s = {budget_s!r}: must be a positive number of seconds")
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs = {jobs!r}: must be an integer >= 1")
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f"clock = {clock!r}: must be 'cpu' or 'wall'")
+    path = Path(cache)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    cells = data.setdefault("cells", {})
+    data.setdefault("machine", {**machine_info(), "cpus": os.cpu_count()})
+    data["revision"] = git_revision()
+    folder = Path(runs_dir or Path("runs") / path.stem)  # the cells' run folders (checkpoints, logs): not the cache's
+    todo = [(r, c, s) for s in seeds for r in row_names for c in col_names
+            if not _cached(cells.get(cell_key(r, c, s)), budget_s, clock)]
+    log = stderr_log(progress)
+    log(f"{name}: {len(todo)} cells to run ({len(row_names) * len(col_names) * len(seeds) - len(todo)} cached in "
+        f"{path}), budget {budget_s:g} s of {clock} time each, {jobs} at a time")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_cache(path, data)
+    t_start = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    slug = {r: (slugs or {}).get(r, r.replace(" ", "_")) for r in row_names}
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(run_cell, r, *rows[r], c, *cols[c], s, budget_s,
+                               str(folder / f"{slug[r]}-{c.replace(' ', '')}-s{s}"), clock): (r, c, s)
+                   for r, c, s in todo}
+        try:
+            for done, fut in enumerate(cf.as_completed(futures), 1):
+                r, c, s = futures[fut]
+                try:
+                    cells[cell_key(r, c, s)] = fut.result()
+                except cf.process.BrokenProcessPool:
+                    # a worker was killed from outside (out of memory, a session's end): not the
+                    # cell's result; the unfinished cells stay out of the cache and resume from
+                    # their checkpoints
+                    raise RuntimeError(f"{name}: a cell's process was killed ({r} | {c} | seed {s}); finished "
+                                       f"cells are in {path}; continue with `python -m warpsim_rl.bench {name} "
+                                       f"--resume {path} ...` (same options): the unfinished cells resume from "
+                                       f"their checkpoints") from None
+                except Exception as e:  # noqa: BLE001 - a failed cell is recorded, the grid goes on
+                    cells[cell_key(r, c, s)] = {"row": r, "column": c, "seed": s, "budget_s": budget_s,
+                                                "budget_clock": clock, "status": "error",
+                                                "error": f"{type(e).__name__}: {e}"}
+                _write_cache(path, data)
+                cell = cells[cell_key(r, c, s)]
+                log(f"[{done}/{len(todo)}] {r} | {c} | seed {s}: {cell['status']}"
+                    + (f", reward {cell['reward']:.2f} after {cell['epochs']} epochs" if "reward" in cell else "")
+                    + f"  ({time.perf_counter() - t_start:.0f} s)")
+        except KeyboardInterrupt:
+            for fut in futures:
+                fut.cancel()
+            raise KeyboardInterrupt(f"{name} interrupted; finished cells are in {path}; continue with "
+                                    f"`python -m warpsim_rl.bench {name} --resume {path} ...` (same options)") from None
+    return data
+
+
+# -- reporting helpers ------------------------------------------------------------------------------
+
+def clock_key(cell: dict) -> str:
+    """The curve's time key of the cell's budget clock."""
+    return "time/train_cpu_s" if cell.get("budget_clock") == "cpu" else "time/train_s"
+
+
+def first_reach(cell: dict, target: float) -> float | None:
+    """Training time (s, the cell's budget clock) of its first evaluation at or above ``target``
+    (``None``: never)."""
+    for point in cell["curve"]:
+        if "eval/reward" in point and point["eval/reward"] >= target:
+            return point[clock_key(cell)]
+    return None
+
+
+def stats(cells: list[dict], key: str) -> tuple[float, float]:
+    """Mean and standard deviation of ``key`` over ``cells``."""
+    vals = np.array([c[key] for c in cells], dtype=float)
+    return float(vals.mean()), float(vals.std())
+
+
+def plot_row(title: str, groups: dict, path: str) -> str:
+    """Test-bed reward against training time of every ok cell of ``groups`` (column -> cells),
+    one colour per column, to the PNG ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    clock = "wall"
+    for col, group in groups.items():
+        ok = [c for c in group if c.get("status") == "ok"]
+        for i, c in enumerate(ok):
+            pts = [(p[clock_key(c)], p["eval/reward"]) for p in c["curve"] if "eval/reward" in p]
+            clock = c.get("budget_clock", "wall")
+            t, r = zip(*pts)
+            ax.plot(t, r, color=f"C{list(groups).index(col)}", alpha=0.85, label=col if i == 0 else None)
+    ax.set_xlabel(f"training time [s, {clock} clock] (evaluation excluded)")
+    ax.set_ylabel("test-bed reward (1000 states)")
+    ax.set_title(title)
+    ax.set_yscale("symlog", linthresh=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
