@@ -211,3 +211,40 @@ def test_nonsmooth_cells_use_their_wall_and_group_gradients_average_to_the_batch
     torch.testing.assert_close(G.mean(0), whole, rtol=1e-10, atol=1e-12)
     (row,) = gradient_variance(["wall 1e5 N/m"], seeds=[0], num_envs=16, groups=4, window=10)
     assert row["window"]["horizon"] == 10 and 0.0 < row["full"]["var_rel"] < float("inf")
+
+
+def test_first_epoch_watchdog_stops_a_run_that_overruns_and_spares_one_that_writes_an_epoch(tmp_path):
+    """The watchdog interrupts the main thread once ``limit_s`` of CPU time has passed with no
+    metrics written, and does nothing once metrics.csv exists."""
+    import time
+
+    from warpsim_rl.bench.grid import FirstEpochWatchdog
+
+    metrics = tmp_path / "metrics.csv"
+    with pytest.raises(KeyboardInterrupt):
+        with FirstEpochWatchdog(metrics, limit_s=0.3, interval_s=0.05) as dog:
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 30:  # busy: CPU time passes
+                sum(range(1000))
+    assert dog.fired and dog.spent_s > 0.3 and time.perf_counter() - t0 < 10
+    metrics.write_text("epoch\n1\n")
+    with FirstEpochWatchdog(metrics, limit_s=0.1, interval_s=0.05) as dog:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            sum(range(1000))
+    assert not dog.fired
+
+
+def test_a_cell_whose_first_epoch_overruns_is_stopped_and_recorded_as_budget_too_small(tmp_path, monkeypatch):
+    """PODS 4000 on the pendulum under a 0.5 s budget (and no set-up allowance): the watchdog
+    stops the first epoch after 1 s of CPU; the cell is 'budget_too_small' with the time it ran,
+    and the run wrote no results."""
+    from warpsim_rl.bench import grid
+
+    monkeypatch.setattr(grid, "SETUP_ALLOWANCE_S", 0.0)
+    folder = tmp_path / "cell"
+    cell = grid.run_cell("2D Pendulum", "pendulum2d-stop", (), "PODS 4000", "pods2", {"num_envs": 4000}, 0, 0.5,
+                         str(folder), "cpu")
+    assert cell["status"] == "budget_too_small" and cell["first_epoch_s"] is None
+    assert cell["first_epoch_over_s"] > 1.0 and not (folder / "results.json").exists()
+    assert grid.too_small([cell]) == f"budget too small (1 epoch > {cell['first_epoch_over_s']:.0f} s)"

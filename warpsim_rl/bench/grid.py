@@ -14,7 +14,9 @@ Cells run in subprocesses, ``jobs`` side by side (one per core). Every finished 
 to the cache (a JSON file, atomically) and never re-run (a cell that raised is recorded as
 ``status = "error"`` and run again by the next call); a cell that was stopped mid-way (Ctrl-C, a
 killed process) resumes from its run folder's checkpoint. A cell whose first epoch alone is
-longer than the budget is recorded with ``status = "budget_too_small"``, not as a result.
+longer than the budget is recorded with ``status = "budget_too_small"``, not as a result; one whose
+first epoch is still running after twice the budget (plus a minute for the set-up) is stopped
+there (:class:`FirstEpochWatchdog`) and recorded so, with ``first_epoch_over_s``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from ..usd import atomic_write
 from .common import git_revision, machine_info, stderr_log
 
-__all__ = ["run_grid", "run_cell", "cell_key", "check_names", "clock_key", "first_reach", "stats", "plot_row"]
+__all__ = ["run_grid", "run_cell", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key", "first_reach", "stats", "too_small", "plot_row"]
 
 
 def check_names(names, valid, what: str) -> list[str]:
@@ -58,6 +60,53 @@ def _saved_config(folder: Path) -> dict | None:
         return None
 
 
+#: seconds a cell may spend before its first epoch starts (set-up, the untrained policy's
+#: evaluation) on top of the watchdog's twice the budget
+SETUP_ALLOWANCE_S = 60.0
+
+
+class FirstEpochWatchdog:
+    """Stops a run whose first epoch alone overruns the budget, instead of letting it finish an
+    epoch that may take many times the budget (a PODS epoch of 4000 cloth rollouts is about an hour
+    of one core): once ``limit_s`` seconds of ``clock`` ('cpu': this process's CPU time, all
+    threads; 'wall') have passed and no epoch has been written to ``metrics`` (the run's
+    metrics.csv), it interrupts the main thread (as Ctrl-C: the run stops with
+    :class:`~warpsim_rl.training.TrainingInterrupted`) and sets ``fired``. Checked every
+    ``interval_s``; a context manager."""
+
+    def __init__(self, metrics: Path, limit_s: float, clock: str = "cpu", interval_s: float = 2.0):
+        import threading
+
+        self.metrics, self.limit_s, self.interval_s = Path(metrics), float(limit_s), float(interval_s)
+        self._now = time.process_time if clock == "cpu" else time.perf_counter
+        self.fired = False
+        self.spent_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="first-epoch-watchdog", daemon=True)
+
+    def _watch(self) -> None:
+        import _thread
+
+        start = self._now()
+        while not self._stop.wait(self.interval_s):
+            if self.metrics.exists():
+                return  # an epoch finished: the budget check of train() takes over
+            self.spent_s = self._now() - start
+            if self.spent_s > self.limit_s:
+                self.fired = True
+                _thread.interrupt_main()
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
 def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, settings: dict, seed: int,
              budget_s: float, folder: str, clock: str = "cpu") -> dict:
     """One cell (module doc): ``algo`` with ``settings`` on ``env`` with the scene overrides
@@ -69,7 +118,7 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
     import torch
 
     from ..algos import RunConfig, algo_config
-    from ..training import train
+    from ..training import TrainingInterrupted, train
 
     torch.set_num_threads(1)
     run = RunConfig(env=env, algo=algo, seed=seed, epochs=1_000_000, budget_s=budget_s, budget_clock=clock,
@@ -77,16 +126,25 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
                     scene_params=tuple(scene_params), **settings)
     config = {"run": dataclasses.asdict(run), "algo": dataclasses.asdict(algo_config(algo))}
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    head = {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
+            "revision": git_revision(),  # the code this cell ran (the cache's own file makes it -dirty)
+            "settings": settings}
     if _saved_config(Path(folder)) == json.loads(json.dumps(config)):
         res = train(run, resume=folder, progress=False)
     else:
-        res = train(run, progress=False, overwrite=True)
+        with FirstEpochWatchdog(Path(folder) / "metrics.csv", 2 * budget_s + SETUP_ALLOWANCE_S, clock) as watchdog:
+            try:
+                res = train(run, progress=False, overwrite=True)
+            except TrainingInterrupted:
+                if not watchdog.fired:
+                    raise
+                return {**head, "status": "budget_too_small", "first_epoch_s": None,
+                        "first_epoch_over_s": watchdog.spent_s, "wall_s": time.perf_counter() - t0,
+                        "load_average": [load0, os.getloadavg()[0]]}
     status = "ok" if res["first_epoch_s"] is not None and res["first_epoch_s"] <= budget_s else "budget_too_small"
     keep = ("reward", "reward_std", "terminal_kinetic_energy", "distance_to_target", "action_magnitude", "diverged",
             "epochs", "train_time_s", "first_epoch_s", "resumed_from_epoch")
-    return {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
-            "status": status, "revision": git_revision(),  # the code this cell ran (the cache's own file makes it -dirty)
-            "settings": settings, "wall_s": time.perf_counter() - t0, "untrained_reward": res["untrained"]["reward"],
+    return {**head, "status": status, "wall_s": time.perf_counter() - t0, "untrained_reward": res["untrained"]["reward"],
             "load_average": [load0, os.getloadavg()[0]],  # 1-minute load at start and end: the cores' contention
             **{k: res[k] for k in keep}, "curve": res["curve"]}
 
@@ -190,6 +248,18 @@ def stats(cells: list[dict], key: str) -> tuple[float, float]:
     """Mean and standard deviation of ``key`` over ``cells``."""
     vals = np.array([c[key] for c in cells], dtype=float)
     return float(vals.mean()), float(vals.std())
+
+
+def too_small(group: list[dict]) -> str:
+    """The table text of a cell group with no ok cell: the budget was too small for one epoch
+    (its length, or the time after which it was stopped), or the cells' status."""
+    first = [c["first_epoch_s"] for c in group if c.get("first_epoch_s")]
+    if first:
+        return f"budget too small (1 epoch {min(first):.0f} s)"
+    over = [c["first_epoch_over_s"] for c in group if c.get("first_epoch_over_s")]
+    if over:
+        return f"budget too small (1 epoch > {min(over):.0f} s)"
+    return group[0].get("status", "?")
 
 
 def plot_row(title: str, groups: dict, path: str) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..usd import atomic_write
-from .grid import check_names, plot_row, run_grid, stats
+from .grid import check_names, plot_row, run_grid, stats, too_small
 
 __all__ = ["ROWS", "COLUMNS", "nonsmooth", "gradient_variance", "report"]
 
@@ -127,7 +127,7 @@ def report(data: dict, images: str | None = "docs/images") -> dict:
                 means[(row, col)] = mean
                 txt.append(f"{mean:.2f} ± {std:.2f} ({len(ok)})")
             else:
-                txt.append(group[0].get("status", "?") if group else "–")
+                txt.append(too_small(group) if group else "–")
         lines.append(f"| {row} | " + " | ".join(txt) + " |")
         if images:
             figures.append(plot_row(f"{row} ({ROWS[row][0]})", {col: by.get((row, col), []) for col in cols},

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..usd import atomic_write
-from .grid import first_reach, plot_row, run_grid, stats
+from .grid import first_reach, plot_row, run_grid, stats, too_small
 
 __all__ = ["ROWS", "COLUMNS", "PAPER", "columns", "table1", "report"]
 
@@ -110,9 +110,7 @@ def report(data: dict, images: str | None = "docs/images") -> dict:
             if not group:
                 cell_txt.append("–")
             elif not ok:
-                first = [c.get("first_epoch_s") for c in group if c.get("first_epoch_s")]
-                cell_txt.append(f"budget too small (1 epoch {min(first):.0f} s)" if first else
-                                group[0].get("status", "?"))
+                cell_txt.append(too_small(group))
             else:
                 mean, std = stats(ok, "reward")
                 final[col] = (mean, ok)
