@@ -728,3 +728,13 @@ def test_scene_params_reach_the_task_and_bad_ones_name_themselves(tmp_path):
         RunConfig(env="wall_pendulum2d-stop", scene_params=("wall_stiffness",))
     with pytest.raises(ValueError, match=r"unknown override\(s\) \['wall_stifness'\]"):
         RunConfig(env="wall_pendulum2d-stop", scene_params=("wall_stifness=1e5",))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("device", "", r"device = '': expected a device name"),
+    ("out", "", r"out = '': expected a folder path"),
+    ("algo", 3, r"algo = 3: expected an algorithm name"),
+])
+def test_run_config_refuses_a_bad_device_out_or_algo(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**{field: value})

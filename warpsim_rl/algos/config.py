@@ -163,6 +163,12 @@ class RunConfig:
         if self.budget_s is not None:
             check_positive("budget_s", self.budget_s)
         check_choice("budget_clock", self.budget_clock, ("wall", "cpu"))
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"device = {self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
+        if self.out is not None and (not isinstance(self.out, str) or not self.out):
+            raise ValueError(f"out = {self.out!r}: expected a folder path")
+        if not isinstance(self.algo, str):
+            raise ValueError(f"algo = {self.algo!r}: expected an algorithm name")
 
     def scene_overrides(self) -> tuple[tuple[str, float], ...]:
         """``scene_params`` as ``(name, value)`` pairs for :func:`~warpsim_rl.tasks.make_task`;
@@ -186,12 +192,6 @@ class RunConfig:
             except SceneError as e:
                 raise ValueError(f"scene_params = {list(self.scene_params)}: {e}") from None
         return tuple(pairs)
-        if not isinstance(self.device, str) or not self.device:
-            raise ValueError(f"device = {self.device!r}: expected a device name such as 'cpu' or 'cuda:0'")
-        if self.out is not None and (not isinstance(self.out, str) or not self.out):
-            raise ValueError(f"out = {self.out!r}: expected a folder path")
-        if not isinstance(self.algo, str):
-            raise ValueError(f"algo = {self.algo!r}: expected an algorithm name")
 
     @property
     def out_dir(self) -> str:
