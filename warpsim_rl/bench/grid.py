@@ -34,7 +34,8 @@ import numpy as np
 from ..usd import atomic_write
 from .common import git_revision, machine_info, stderr_log
 
-__all__ = ["run_grid", "run_cell", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key", "first_reach", "stats", "too_small", "plot_row"]
+__all__ = ["run_grid", "run_cell", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key", "first_reach",
+           "stats", "too_small", "plot_row"]
 
 
 def check_names(names, valid, what: str) -> list[str]:
@@ -144,7 +145,8 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
     status = "ok" if res["first_epoch_s"] is not None and res["first_epoch_s"] <= budget_s else "budget_too_small"
     keep = ("reward", "reward_std", "terminal_kinetic_energy", "distance_to_target", "action_magnitude", "diverged",
             "epochs", "train_time_s", "first_epoch_s", "resumed_from_epoch")
-    return {**head, "status": status, "wall_s": time.perf_counter() - t0, "untrained_reward": res["untrained"]["reward"],
+    return {**head, "status": status, "wall_s": time.perf_counter() - t0,
+            "untrained_reward": res["untrained"]["reward"],
             "load_average": [load0, os.getloadavg()[0]],  # 1-minute load at start and end: the cores' contention
             **{k: res[k] for k in keep}, "curve": res["curve"]}
 

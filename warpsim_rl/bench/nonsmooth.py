@@ -10,8 +10,8 @@ Every cell is a training run at equal budget, cached and resumable
 Beside the training table, :func:`gradient_variance` measures the mechanism directly: at each
 seed's untrained actor (the same for every column), the spread of the analytic policy gradient of
 the batch return over ``groups`` disjoint groups of environments, for the full horizon (BPTT's
-objective) and for the first ``horizon_window`` steps (SHAC's window, without the critic's
-bootstrap, which is untrained there): ``var_rel = sum_i Var_groups(g_i) / |mean g|^2`` (the
+objective) and for the first ``window`` steps (default 32, SHAC's ``horizon_window``; without the
+critic's bootstrap, which is untrained there): ``var_rel = sum_i Var_groups(g_i) / |mean g|^2`` (the
 variance of one group's estimate relative to the squared mean gradient; > 1: one group's estimate
 is mostly noise). The estimators' own bias and variance on the same wall (ZoBG, FoBG, AoBG) are
 ``python -m warpsim_rl.bench estimators``.
@@ -28,7 +28,7 @@ import torch
 from ..usd import atomic_write
 from .grid import check_names, plot_row, run_grid, stats, too_small
 
-__all__ = ["ROWS", "COLUMNS", "nonsmooth", "gradient_variance", "report"]
+__all__ = ["ROWS", "COLUMNS", "nonsmooth", "gradient_variance", "group_gradients", "report"]
 
 #: row -> (task, scene parameter overrides)
 ROWS = {
@@ -102,7 +102,8 @@ def group_gradients(alg, state0, horizon: int, groups: int) -> tuple[torch.Tenso
         sl = slice(g * E // groups, (g + 1) * E // groups)
         ret = (traj.returns[sl] * ok[sl]).sum() / ok[sl].sum().clamp_min(1)
         grad = torch.autograd.grad(ret, params, retain_graph=g + 1 < groups, allow_unused=True)
-        rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(grad, params)]))
+        rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1)
+                               for x, p in zip(grad, params)]))
     return torch.stack(rows), traj.failed
 
 
@@ -150,7 +151,7 @@ def from_args(args) -> dict:
         data = nonsmooth(args.rows, args.columns, args.seeds, args.budget_s, args.jobs, cache,
                          progress=not args.quiet, clock=args.clock)
         if not args.no_variance and data.get("variance") is None:
-            data["variance"] = gradient_variance(None, args.seeds)
+            data["variance"] = gradient_variance(args.rows, args.seeds)
             atomic_write(Path(cache), lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
     rep = report(data, None if args.no_figures else (args.images or "docs/images"))
     if not args.quiet:
