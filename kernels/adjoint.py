@@ -50,10 +50,13 @@ from .linalg import band_funcs, band_inverse_func
 
 
 @functools.cache
-def adjoint_kernels(dtype, dim: int, contact: bool = True) -> SimpleNamespace:
+def adjoint_kernels(dtype, dim: int, contact: bool = True, band: int | None = None) -> SimpleNamespace:
+    """The VJP and Jacobian kernels (module doc) for one scalar type, spatial dimension and contact
+    flag; ``band`` as in :func:`~.bdf2.bdf2_kernels` (the factorisation and solves specialised to
+    that half-bandwidth, bitwise the same results)."""
     el = element_funcs(dtype, dim)
     ct = contact_funcs(dtype, dim)
-    la = band_funcs(dtype)
+    la = band_funcs(dtype, band)
     band_inverse = band_inverse_func(dtype, dim)
     bk = bdf2_kernels(dtype, dim, contact)
     vec = el.vec

@@ -22,9 +22,33 @@ from types import SimpleNamespace
 import warp as wp
 
 
+# Half-bandwidths with their own compiled factorisation and solves (:func:`band_funcs` with
+# ``band``): the loops over the band then have compile-time trip counts, which Warp unrolls up to
+# its ``max_unroll`` of 16, and the index arithmetic folds. Measured on x86-64 (one thread, per env,
+# the factorisation alone, float32): N = 60, B = 5 (the anchor rope) factor 2.0 -> 1.1 us, solve
+# 0.88 -> 0.77 us; B <= 2 gains nothing. In the whole step (docs/results.md, "Cheaper
+# iterations") B = 5..14 ran 1.1-1.5x faster; at B = 17 (cloth_table) the loops are no longer
+# unrolled and the step ran 0.9-1.05x, and unrolled by force 0.85x (code size): so B <= 2 and
+# B > MAX_FIXED_BAND keep the generic loops.
+MIN_FIXED_BAND = 3
+MAX_FIXED_BAND = 16
+
+
+def fixed_band(band: int) -> int | None:
+    """The ``band`` argument of :func:`band_funcs` for a matrix of half-bandwidth ``band``: the band
+    itself where a specialised variant pays (``MIN_FIXED_BAND <= band <= MAX_FIXED_BAND``), else
+    ``None`` (the generic functions)."""
+    return int(band) if MIN_FIXED_BAND <= band <= MAX_FIXED_BAND else None
+
+
 @functools.cache
-def band_funcs(dtype) -> SimpleNamespace:
-    """Warp functions for one scalar type."""
+def band_funcs(dtype, band: int | None = None) -> SimpleNamespace:
+    """Warp functions for one scalar type. ``band=None``: for any half-bandwidth ``B`` (a run-time
+    argument); ``band = b``: specialised to ``B = b`` (:func:`fixed_band`), where the functions'
+    ``B`` argument must equal ``b``. Both variants do the same floating-point operations in the
+    same order, so their results are bitwise identical (``tests/test_linalg.py``)."""
+    if band is not None:
+        return _fixed_band_funcs(dtype, int(band))
 
     @wp.func
     def band_add(H: wp.array2d(dtype=dtype), e: int, B: int, i: int, j: int, value: dtype):
@@ -90,11 +114,75 @@ def band_funcs(dtype) -> SimpleNamespace:
     return SimpleNamespace(band_add=band_add, band_cholesky=band_cholesky, band_solve=band_solve)
 
 
+def _fixed_band_funcs(dtype, band: int) -> SimpleNamespace:
+    """:func:`band_funcs` with the half-bandwidth fixed at ``band``: the generic loops over
+    ``k`` rewritten as loops over a compile-time range with the same order of ``k`` (guards for
+    the matrix edges), so every result is bitwise that of the generic functions."""
+    if not MIN_FIXED_BAND <= band <= MAX_FIXED_BAND:
+        raise ValueError(f"band = {band!r}: a fixed-band variant needs {MIN_FIXED_BAND} <= band <= {MAX_FIXED_BAND}")
+    generic = band_funcs(dtype)
+    BAND = band
+    W = band + 1
+
+    @wp.func
+    def band_cholesky(H: wp.array2d(dtype=dtype), e: int, N: int, B: int):
+        """:func:`band_funcs`' ``band_cholesky`` for ``B = BAND``."""
+        j = int(0)
+        while j < N:
+            s = H[j * W, e]
+            for q in range(BAND):  # k = j - BAND + q, the generic max(0, j - B) <= k < j
+                k = j - BAND + q
+                if k >= 0:
+                    ljk = H[j * W + (BAND - q), e]
+                    s = s - ljk * ljk
+            if not (s > dtype(0.0)):
+                return 0
+            inv_d = dtype(1.0) / wp.sqrt(s)
+            H[j * W, e] = inv_d
+            for r in range(1, BAND + 1):  # row i = j + r of the band below the pivot
+                i = j + r
+                if i < N:
+                    t = H[i * W + r, e]
+                    for q in range(BAND):  # k = i - BAND + q < j, i.e. q < BAND - r
+                        if q < BAND - r:
+                            k = i - BAND + q
+                            if k >= 0:
+                                t = t - H[i * W + (BAND - q), e] * H[j * W + (BAND - r - q), e]
+                    H[i * W + r, e] = t * inv_d
+            j += 1
+        return 1
+
+    @wp.func
+    def band_solve(H: wp.array2d(dtype=dtype), e: int, N: int, B: int,
+                   rhs: wp.array2d(dtype=dtype), out: wp.array2d(dtype=dtype)):
+        """:func:`band_funcs`' ``band_solve`` for ``B = BAND``."""
+        i = int(0)
+        while i < N:
+            s = rhs[i, e]
+            for q in range(BAND):  # k = i - BAND + q
+                k = i - BAND + q
+                if k >= 0:
+                    s = s - H[i * W + (BAND - q), e] * out[k, e]
+            out[i, e] = s * H[i * W, e]
+            i += 1
+        i = N - 1
+        while i >= 0:
+            s = out[i, e]
+            for q in range(BAND):  # k = i + 1 + q
+                k = i + 1 + q
+                if k < N:
+                    s = s - H[k * W + (q + 1), e] * out[k, e]
+            out[i, e] = s * H[i * W, e]
+            i -= 1
+
+    return SimpleNamespace(band_add=generic.band_add, band_cholesky=band_cholesky, band_solve=band_solve)
+
+
 @functools.cache
-def band_factor_solve_kernel(dtype):
+def band_factor_solve_kernel(dtype, band: int | None = None):
     """Kernel: factor each env's banded matrix in place and solve one right-hand side.
-    ``ok[e]`` is 1 on success. Used by tests and by the adjoint."""
-    f = band_funcs(dtype)
+    ``ok[e]`` is 1 on success; ``band`` as in :func:`band_funcs`. Used by the tests."""
+    f = band_funcs(dtype, band)
 
     @wp.kernel(enable_backward=False, module="unique")
     def band_factor_solve(N: int, B: int, H: wp.array2d(dtype=dtype), rhs: wp.array2d(dtype=dtype),

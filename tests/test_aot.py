@@ -4,7 +4,11 @@ compile errors on CPU-only machines (the CPU backend compiles different code).
 
 Every variant the simulator can launch is compiled: float32/float64 x 2D/3D and, for the step,
 start-up, potential, VJP and Jacobian kernels, with the contact terms compiled in (scenes with
-geometry) and out (``contact=False``, scenes without). The tests skip only where this warp-lang
+geometry) and out (``contact=False``, scenes without). The factorisation and solves specialised
+to one half-bandwidth (``linalg.fixed_band``, 3..16: one variant per band) are compiled at the
+smallest and the largest band alone in both dtypes, and inside the step, VJP and Jacobian
+kernels at the rope's band 5; the full cross product would take minutes for code that differs
+in one constant. The tests skip only where this warp-lang
 build has no NVRTC for the target architectures (a CPU-only build); any compile error fails."""
 
 import itertools
@@ -18,7 +22,7 @@ import warpsim_rl.kernels as kernels_pkg
 from warpsim_rl.kernels.adjoint import adjoint_kernels
 from warpsim_rl.kernels.bdf2 import bdf2_kernels
 from warpsim_rl.kernels.elements import spring_eval_kernel
-from warpsim_rl.kernels.linalg import band_factor_solve_kernel
+from warpsim_rl.kernels.linalg import MAX_FIXED_BAND, MIN_FIXED_BAND, band_factor_solve_kernel
 
 ARCHS = [80, 90]
 DTYPES = {"float32": wp.float32, "float64": wp.float64}
@@ -27,6 +31,10 @@ CONTACT = {"contact": True, "nocontact": False}  # Simulator: contact = model.nu
 # kernels of the step factories (one set per dtype, dim and contact flag)
 STEP_KERNELS = {"bdf2": (bdf2_kernels, ("bdf2_step", "potential", "startup")),
                 "adjoint": (adjoint_kernels, ("bdf2_vjp", "bdf2_jacobian"))}
+# the kernels that factor or solve (the simulator builds them per fixed band), and the fixed bands
+# compiled alone
+BAND_KERNELS = ("bdf2_step", "bdf2_vjp", "bdf2_jacobian")
+FIXED_BANDS = (MIN_FIXED_BAND, MAX_FIXED_BAND)
 
 
 def _factories():
@@ -43,6 +51,14 @@ def _factories():
                     lambda dtype=dtype, dim=dim: spring_eval_kernel(dtype, dim)))
     for dt, dtype in DTYPES.items():
         out.append(("linalg", f"band_factor_solve[{dt}]", lambda dtype=dtype: band_factor_solve_kernel(dtype)))
+        for band in FIXED_BANDS:
+            out.append(("linalg", f"band_factor_solve[{dt},band{band}]",
+                        lambda dtype=dtype, band=band: band_factor_solve_kernel(dtype, band)))
+    for stem, (make, names) in STEP_KERNELS.items():
+        for name in names:
+            if name in BAND_KERNELS:
+                out.append((stem, f"{name}[float32,3d,nocontact,band5]",
+                            lambda make=make, name=name: getattr(make(wp.float32, 3, False, 5), name)))
     return out
 
 

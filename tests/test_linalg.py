@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import warp as wp
 
-from warpsim_rl.kernels.linalg import band_factor_solve_kernel, band_funcs, band_inverse_func
+from warpsim_rl.kernels.linalg import (MAX_FIXED_BAND, MIN_FIXED_BAND, band_factor_solve_kernel, band_funcs,
+                                       band_inverse_func, fixed_band)
 
 DTYPES = {"float32": (wp.float32, np.float32), "float64": (wp.float64, np.float64)}
 
@@ -51,7 +52,7 @@ def random_spd_banded(rng, E, N, B):
     return A
 
 
-def factor_solve(A, rhs, B, dtype, device, same=False, garbage=0.0):
+def factor_solve(A, rhs, B, dtype, device, same=False, garbage=0.0, band=None):
     wdt, ndt = DTYPES[dtype]
     E, N, _ = A.shape
     H = to_band(A, B)
@@ -63,7 +64,7 @@ def factor_solve(A, rhs, B, dtype, device, same=False, garbage=0.0):
     r = wp.array(rhs.T.astype(ndt).copy(), dtype=wdt, device=device)
     out = r if same else wp.full((N, E), np.nan, dtype=wdt, device=device)
     ok = wp.full(E, -1, dtype=wp.int32, device=device)
-    wp.launch(band_factor_solve_kernel(wdt), dim=E, device=device, inputs=[N, B, Hw, r, out, ok])
+    wp.launch(band_factor_solve_kernel(wdt, band), dim=E, device=device, inputs=[N, B, Hw, r, out, ok])
     return ok.numpy(), out.numpy().T.astype(np.float64), Hw.numpy().astype(np.float64)
 
 
@@ -125,6 +126,40 @@ def test_band_not_positive_definite(device, dtype, rng):
     x_ref = np.linalg.solve(A[0], rhs[0])
     eps = np.finfo(DTYPES[dtype][1]).eps
     np.testing.assert_allclose(x[0], x_ref, rtol=0, atol=1e3 * eps * np.abs(x_ref).max())
+
+
+FIXED_CASES = [(3, 3), (4, 3), (9, 3), (6, 5), (30, 5), (60, 5), (20, 8), (12, 11), (40, 16), (17, 16)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N,B", FIXED_CASES)
+def test_fixed_band_is_bitwise_generic(device, dtype, N, B, rng):
+    """The factorisation and solves specialised to one half-bandwidth (``band_funcs(dtype, B)``,
+    which the simulator uses for 3 <= B <= 16) give bitwise the generic results: the factor, the
+    solution and the pivot test, on SPD matrices and on ones that fail at some pivot; from the
+    smallest band to the largest, with N <= B + 1 (dense) among them."""
+    E = 6
+    A = random_spd_banded(rng, E, N, B)
+    for e, shift in ((1, 0.5), (2, 0.99)):  # indefinite: the pivot test fails somewhere inside
+        lam = np.linalg.eigvalsh(A[e])
+        A[e] -= np.eye(N) * (lam[0] + shift * (lam[1] - lam[0]))
+    A[3, N - 1, N - 1] = -1.0  # fails at the last pivot
+    rhs = rng.normal(size=(E, N))
+    assert fixed_band(B) == B
+    generic = factor_solve(A, rhs, B, dtype, device, garbage=np.nan)
+    fixed = factor_solve(A, rhs, B, dtype, device, garbage=np.nan, band=B)
+    np.testing.assert_array_equal(generic[0], [1, 0, 0, 0, 1, 1])
+    for g, f in zip(generic, fixed):
+        np.testing.assert_array_equal(f, g)
+
+
+def test_fixed_band_range():
+    """Which bands get a specialised variant, and a clear error for one that cannot."""
+    assert [fixed_band(b) for b in (0, 1, 2)] == [None, None, None]
+    assert fixed_band(MIN_FIXED_BAND) == MIN_FIXED_BAND and fixed_band(MAX_FIXED_BAND) == MAX_FIXED_BAND
+    assert fixed_band(MAX_FIXED_BAND + 1) is None
+    with pytest.raises(ValueError, match="band = 2"):
+        band_funcs(wp.float32, 2)
 
 
 @functools.cache

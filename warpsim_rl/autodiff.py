@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .kernels.adjoint import adjoint_kernels
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK
+from .kernels.linalg import fixed_band
 from .model import Control, Model, State, scratch_array
 from .shards import env_columns, env_rows
 from .sim import ActionError, Simulator
@@ -49,7 +50,7 @@ class Differentiator:
         self.sim = sim
         m = self.model = sim.model
         E, d = m.num_envs, m.device
-        self.kernels = adjoint_kernels(m.dtype, m.dim, m.num_geometries > 0)
+        self.kernels = adjoint_kernels(m.dtype, m.dim, m.num_geometries > 0, fixed_band(m.band))
         self._scratch = m.newton_scratch()
         self._scratch_sizes = (m.num_dofs, m.band)
         self._W = None  # (N * N, E) inverse of the Hessian, allocated by the first jacobians()

@@ -9,6 +9,7 @@ import numpy as np
 import warp as wp
 
 from .kernels.bdf2 import STATUS_NAMES, STATUS_OK, bdf2_kernels
+from .kernels.linalg import fixed_band
 from .model import Control, Model, State
 from .shards import env_rows
 
@@ -55,7 +56,8 @@ class Simulator:
     def __init__(self, model: Model):
         self.model = model
         E, d, dt = model.num_envs, model.device, model.dtype
-        self.kernels = bdf2_kernels(dt, model.dim, model.num_geometries > 0)
+        # the factorisation specialised to this model's band (bitwise the generic one's results)
+        self.kernels = bdf2_kernels(dt, model.dim, model.num_geometries > 0, fixed_band(model.band))
         self._scratch = model.newton_scratch()
         self._scratch_sizes = (model.num_dofs, model.band)
         self.status = wp.zeros(E, dtype=wp.int32, device=d)
