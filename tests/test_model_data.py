@@ -7,6 +7,7 @@ import pytest
 import warp as wp
 
 import warpsim_rl as ws
+from warpsim_rl.autodiff import Differentiator
 from warpsim_rl.kernels.adjoint import adjoint_kernels
 from warpsim_rl.kernels.bdf2 import bdf2_kernels
 from warpsim_rl.kernels.data import kernel_structs
@@ -81,3 +82,18 @@ def test_band_changed_after_the_simulator_raises(device):
     with pytest.raises(ValueError, match="band"):
         sim.step(s0, model.control(), s1)
     ws.Simulator(model).step(s0, model.control(), s1)  # a new one is sized for it
+
+
+@pytest.mark.parametrize("scene,band", [("rope3d", 5), ("pendulum2d", None), ("cloth_table", None)])
+def test_simulator_and_differentiator_use_the_models_band(device, scene, band):
+    """Both pick the factorisation compiled for their model's half-bandwidth where one exists
+    (``linalg.fixed_band``: rope3d's B = 5), the generic one elsewhere (B = 1, B = 17), and a
+    model whose band was changed before they were built gets that band's."""
+    model = ws.load_scene(scene).build(num_envs=1, device=device)
+    contact = model.num_geometries > 0
+    sim = ws.Simulator(model)
+    assert sim.kernels is bdf2_kernels(model.dtype, model.dim, contact, band)
+    assert Differentiator(sim).kernels is adjoint_kernels(model.dtype, model.dim, contact, band)
+    if band is not None:
+        model.band = model.num_dofs - 1  # dense: beyond the fixed range for rope3d (N = 30)
+        assert ws.Simulator(model).kernels is bdf2_kernels(model.dtype, model.dim, contact, None)
