@@ -49,11 +49,16 @@ from .elements import element_funcs
 from .linalg import band_funcs, band_inverse_func
 
 
-@functools.cache
 def adjoint_kernels(dtype, dim: int, contact: bool = True, band: int | None = None) -> SimpleNamespace:
     """The VJP and Jacobian kernels (module doc) for one scalar type, spatial dimension and contact
     flag; ``band`` as in :func:`~.bdf2.bdf2_kernels` (the factorisation and solves specialised to
     that half-bandwidth, bitwise the same results)."""
+    return _adjoint_kernels(dtype, int(dim), bool(contact), None if band is None else int(band))
+
+
+@functools.cache
+def _adjoint_kernels(dtype, dim: int, contact: bool, band: int | None) -> SimpleNamespace:
+    """:func:`adjoint_kernels`, cached per normalised arguments."""
     el = element_funcs(dtype, dim)
     ct = contact_funcs(dtype, dim)
     la = band_funcs(dtype, band)

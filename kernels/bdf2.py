@@ -92,16 +92,21 @@ STATUS_NAMES = {
 }
 
 
-@functools.cache
 def bdf2_kernels(dtype, dim: int, contact: bool = True, band: int | None = None) -> SimpleNamespace:
     """Step and diagnostic kernels for one scalar type and spatial dimension. ``contact=False``
     compiles the contact terms out (for scenes without geometry: ~4 % faster on small systems);
     ``band`` compiles the banded factorisation and solves for that half-bandwidth
     (``linalg.fixed_band``; ``None``: any, the model's ``band`` at run time), which must then be
-    the model's; the results are bitwise the same. The kernel signatures stay the same. The kernels take the static model as one ``ModelData``
-    struct (``Model.data``), stiffness and mass as separate (E, m) / (E, n) arrays (the torch
-    bridge passes its own), states as ``StateData`` and the Newton work arrays as one
-    ``NewtonScratch`` (``data.py``)."""
+    the model's; the results are bitwise the same. The kernel signatures stay the same. The
+    kernels take the static model as one ``ModelData`` struct (``Model.data``), stiffness and
+    mass as separate (E, m) / (E, n) arrays (the torch bridge passes its own), states as
+    ``StateData`` and the Newton work arrays as one ``NewtonScratch`` (``data.py``)."""
+    return _bdf2_kernels(dtype, int(dim), bool(contact), None if band is None else int(band))
+
+
+@functools.cache
+def _bdf2_kernels(dtype, dim: int, contact: bool, band: int | None) -> SimpleNamespace:
+    """:func:`bdf2_kernels`, cached per normalised arguments (one object per variant, however called)."""
     el = element_funcs(dtype, dim)
     ct = contact_funcs(dtype, dim)
     WITH_CONTACT = 1 if contact else 0

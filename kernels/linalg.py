@@ -44,7 +44,6 @@ def fixed_band(band: int) -> int | None:
     return int(band) if MIN_FIXED_BAND <= band <= MAX_FIXED_BAND else None
 
 
-@functools.cache
 def band_funcs(dtype, band: int | None = None) -> SimpleNamespace:
     """Warp functions for one scalar type. ``band=None``: for any half-bandwidth ``B`` (a run-time
     argument); ``band = b``: specialised to ``B = b`` (:func:`fixed_band`), where the functions'
@@ -52,6 +51,12 @@ def band_funcs(dtype, band: int | None = None) -> SimpleNamespace:
     same order, so their results are bitwise identical (``tests/test_linalg.py``)."""
     if band is not None:
         return _fixed_band_funcs(dtype, int(band))
+    return _generic_band_funcs(dtype)
+
+
+@functools.cache
+def _generic_band_funcs(dtype) -> SimpleNamespace:
+    """:func:`band_funcs` for any half-bandwidth."""
 
     @wp.func
     def band_add(H: wp.array2d(dtype=dtype), e: int, B: int, i: int, j: int, value: dtype):
@@ -117,6 +122,7 @@ def band_funcs(dtype, band: int | None = None) -> SimpleNamespace:
     return SimpleNamespace(band_add=band_add, band_cholesky=band_cholesky, band_solve=band_solve)
 
 
+@functools.cache
 def _fixed_band_funcs(dtype, band: int) -> SimpleNamespace:
     """:func:`band_funcs` with the half-bandwidth fixed at ``band``: the generic loops over
     ``k`` rewritten as loops over a compile-time range with the same order of ``k`` (guards for
