@@ -15,7 +15,7 @@ are ``while`` loops: Warp's CPU backend compiles ``for i in range(n)`` into an i
 re-tests the sign of the step on every iteration, which on loops this short costs about as much
 as their bodies (measured on x86-64). For half-bandwidths 3..16 (:func:`fixed_band`) a variant
 compiled for that band replaces the loops over the band with unrolled ones: bitwise the same
-results, 1.1-1.35x faster steps.
+results, 1.06-1.35x faster steps.
 """
 
 
@@ -30,7 +30,7 @@ import warp as wp
 # its ``max_unroll`` of 16, and the index arithmetic folds. Measured on x86-64 (one thread, per env,
 # the factorisation alone, float32): N = 60, B = 5 (the anchor rope) factor 2.0 -> 1.1 us, solve
 # 0.88 -> 0.77 us; B <= 2 gains nothing. In the whole step (docs/results.md, "Cheaper
-# iterations") B = 5..14 ran 1.1-1.5x faster; at B = 17 (cloth_table) the loops are no longer
+# iterations") B = 5..14 ran 1.06-1.35x faster; at B = 17 (cloth_table) the loops are no longer
 # unrolled and the step ran 0.9-1.05x, and unrolled by force 0.85x (code size): so B <= 2 and
 # B > MAX_FIXED_BAND keep the generic loops.
 MIN_FIXED_BAND = 3
