@@ -118,6 +118,51 @@ def test_launch_site_times_both_variants_and_keeps_the_faster():
     assert LaunchSite(1).variant() == 1
 
 
+def _drive(site, calls, seconds):
+    """``calls`` calls of ``site`` timed by ``seconds(variant, call)``; the variants used."""
+    used = []
+    for c in range(calls):
+        k = site.variant()
+        used.append(k)
+        site.record(k, seconds(k, c))
+    return used
+
+
+def test_launch_site_recovers_from_a_misleading_start():
+    """A noisy moment during the trials made sharding look slow: the probes (one call in
+    PROBE_EVERY runs the other variant) undo the wrong choice within TRIALS + 1 probes, and
+    they are the only calls spent on the slower variant."""
+    site = LaunchSite(2)
+    trials = 2 * LaunchSite.TRIALS
+    truth = {1: 1.0, 2: 0.5}
+    used = _drive(site, trials, lambda k, c: 3.0 if k == 2 else 1.0)  # sharding looked 3x slower
+    assert site.choice == 1
+    bound = (LaunchSite.TRIALS + 1) * LaunchSite.PROBE_EVERY
+    used = _drive(site, bound, lambda k, c: truth[k])
+    assert site.choice == 2 and used.count(2) <= LaunchSite.TRIALS + 1 + 5  # the probes, then the switch
+    # after the switch only the probes run the (now slower) single launch
+    used = _drive(site, 10 * LaunchSite.PROBE_EVERY, lambda k, c: truth[k])
+    assert used.count(1) == 10 and site.choice == 2
+
+
+def test_launch_site_ignores_a_single_outlier():
+    """One fast probe of the slower variant does not flip the choice; a lasting change does."""
+    site = LaunchSite(2)
+    _drive(site, 2 * LaunchSite.TRIALS, lambda k, c: 1.0 if k == 1 else 0.5)
+    assert site.choice == 2
+    outlier = [True]
+
+    def seconds(k, c):
+        if k == 1 and outlier:
+            outlier.pop()
+            return 0.01  # one lucky single launch
+        return 1.0 if k == 1 else 0.5
+    _drive(site, 3 * LaunchSite.PROBE_EVERY, seconds)
+    assert not outlier and site.choice == 2
+    _drive(site, 12 * LaunchSite.PROBE_EVERY, lambda k, c: 0.2 if k == 1 else 0.5)  # the work shrank
+    assert site.choice == 1
+
+
 def test_the_automatic_choice_changes_no_number():
     """Without forcing, the first steps alternate single and sharded launches: the rollout still
     equals the single-threaded one bit for bit."""

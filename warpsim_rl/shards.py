@@ -19,6 +19,7 @@ env-minor scratch layout of :func:`warpsim_rl.model.scratch_array`) and the mode
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -85,37 +86,49 @@ class LaunchSite:
     Handing a shard to another thread costs tens of microseconds (thread and GIL hand-offs; about
     80 µs per step on this project's 2-core VM with the other core idle), so sharding only pays
     when a launch is long: it does for rope3d at 64 envs, not for pendulum2d below ~2000 envs.
-    The choice cannot change a result (both compute the same bits), so it is made by measurement:
-    the first ``2 * TRIALS`` calls alternate the two variants, the faster median wins, and the
-    measurement is repeated every ``RETUNE`` calls (the work per call may change, e.g. Newton
-    iterations)."""
+    The choice cannot change a result (both compute the same bits), so it is made by measurement
+    and kept under review: the first ``2 * TRIALS`` calls alternate the two variants; after that
+    every call runs the current choice except one in ``PROBE_EVERY``, which runs the other one.
+    Each variant's estimate is the median of its last ``WINDOW`` timings, and the faster estimate
+    is chosen after the trials and after every probe. A noisy moment during the trials therefore
+    pins the slower variant for about ``(TRIALS + 1) * PROBE_EVERY`` calls at most (a fixed choice
+    re-timed every 2000 calls pinned it for 2000, docs/results.md), a single outlier cannot flip
+    the choice, and the probes run the slower variant on ``1 / PROBE_EVERY`` of the calls."""
 
     TRIALS = 3
-    RETUNE = 2000
+    WINDOW = 9
+    PROBE_EVERY = 64
 
     def __init__(self, threads: int):
         self.threads = threads
-        self._samples: dict[int, list] = {1: [], threads: []}
+        self._times: dict[int, collections.deque] = {k: collections.deque(maxlen=self.WINDOW)
+                                                     for k in (1, threads)}
         self._calls = 0
         self.choice = threads
+
+    def _other(self, variant: int) -> int:
+        return 1 if variant == self.threads else self.threads
 
     def variant(self) -> int:
         """The shard count for the next call (1 or ``threads``)."""
         if self.threads == 1:
             return 1
-        if self._calls % self.RETUNE == 0 and self._calls:
-            self._samples = {1: [], self.threads: []}
-        pending = [k for k, v in self._samples.items() if len(v) < self.TRIALS]
-        return pending[self._calls % len(pending)] if pending else self.choice
+        if self._calls < 2 * self.TRIALS:
+            return (1, self.threads)[self._calls % 2]
+        if self._calls % self.PROBE_EVERY == 0:
+            return self._other(self.choice)
+        return self.choice
 
     def record(self, variant: int, seconds: float) -> None:
+        """The wall time of a call made with ``variant``."""
         self._calls += 1
-        samples = self._samples[variant]
-        if len(samples) < self.TRIALS:
-            samples.append(seconds)
-            if all(len(v) >= self.TRIALS for v in self._samples.values()):
-                med = {k: sorted(v)[len(v) // 2] for k, v in self._samples.items()}
-                self.choice = min(med, key=med.get)
+        self._times[variant].append(seconds)
+        if self.threads == 1 or self._calls < 2 * self.TRIALS:
+            return
+        if (self._calls == 2 * self.TRIALS or variant != self.choice) and all(self._times.values()):
+            # after the trials, after a probe (a caller that forces one variant leaves the other untimed)
+            med = {k: sorted(v)[len(v) // 2] for k, v in self._times.items()}
+            self.choice = min(med, key=med.get)
 
 
 class EnvShards:
