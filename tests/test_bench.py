@@ -235,6 +235,28 @@ def test_first_epoch_watchdog_stops_a_run_that_overruns_and_spares_one_that_writ
     assert not dog.fired
 
 
+def test_first_epoch_watchdog_stops_a_run_started_with_sigint_ignored(tmp_path):
+    """A runner started in the background (``cmd &``) has SIGINT ignored, and Python's interrupt
+    of the main thread does nothing there: the watchdog still stops the run, and leaves SIGINT
+    ignored afterwards."""
+    import signal
+    import time
+
+    from warpsim_rl.bench.grid import FirstEpochWatchdog
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            with FirstEpochWatchdog(tmp_path / "metrics.csv", limit_s=0.3, interval_s=0.05) as dog:
+                while time.perf_counter() - t0 < 20:
+                    sum(range(1000))
+        assert dog.fired and time.perf_counter() - t0 < 10
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_cell_whose_first_epoch_overruns_is_stopped_and_recorded_as_budget_too_small(tmp_path, monkeypatch):
     """PODS 4000 on the pendulum under a 0.5 s budget (and no set-up allowance): the watchdog
     stops the first epoch after 1 s of CPU; the cell is 'budget_too_small' with the time it ran,
