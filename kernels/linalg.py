@@ -15,7 +15,7 @@ are ``while`` loops: Warp's CPU backend compiles ``for i in range(n)`` into an i
 re-tests the sign of the step on every iteration, which on loops this short costs about as much
 as their bodies (measured on x86-64). For half-bandwidths 3..16 (:func:`fixed_band`) a variant
 compiled for that band replaces the loops over the band with unrolled ones: bitwise the same
-results, 1.06-1.35x faster steps.
+results, 1.2-2x faster steps at B = 5..14.
 """
 
 
@@ -27,11 +27,12 @@ import warp as wp
 
 # Half-bandwidths with their own compiled factorisation and solves (:func:`band_funcs` with
 # ``band``): the loops over the band then have compile-time trip counts, which Warp unrolls up to
-# its ``max_unroll`` of 16, and the index arithmetic folds. Measured on x86-64 (one thread, per env,
-# the factorisation alone, float32): N = 60, B = 5 (the anchor rope) factor 2.0 -> 1.1 us, solve
-# 0.88 -> 0.77 us; B <= 2 gains nothing. In the whole step (docs/results.md, "Cheaper
-# iterations") B = 5..14 ran 1.06-1.35x faster; at B = 17 (cloth_table) the loops are no longer
-# unrolled and the step ran 0.9-1.05x, and unrolled by force 0.85x (code size): so B <= 2 and
+# its ``max_unroll`` of 16 (ranges of literals and names only), and the index arithmetic folds.
+# Measured on x86-64 (one thread, per env, N = 60, B = 5, the anchor rope; docs/results.md,
+# "Cheaper iterations"): factor 2.40 -> 0.70 us (float32) and 2.36 -> 1.02 us (float64), solve
+# 0.92 -> 0.82 us; whole steps at B = 5..14 1.2-2.0x faster. B <= 2 gains nothing (N = 3: 0.037
+# us against the generic 0.033), and at B = 17 (cloth_table), where Warp no longer unrolls, the
+# step did not get faster (0.97 / 1.05x), unrolled by force 0.85x (code size): so B <= 2 and
 # B > MAX_FIXED_BAND keep the generic loops.
 MIN_FIXED_BAND = 3
 MAX_FIXED_BAND = 16
@@ -131,7 +132,7 @@ def _fixed_band_funcs(dtype, band: int) -> SimpleNamespace:
         raise ValueError(f"band = {band!r}: a fixed-band variant needs {MIN_FIXED_BAND} <= band <= {MAX_FIXED_BAND}")
     generic = band_funcs(dtype)
     BAND = band
-    W = band + 1
+    W = band + 1  # also the end of the row loop: Warp unrolls ranges of literals and names only
 
     @wp.func
     def band_cholesky(H: wp.array2d(dtype=dtype), e: int, N: int, B: int):
@@ -148,7 +149,7 @@ def _fixed_band_funcs(dtype, band: int) -> SimpleNamespace:
                 return 0
             inv_d = dtype(1.0) / wp.sqrt(s)
             H[j * W, e] = inv_d
-            for r in range(1, BAND + 1):  # row i = j + r of the band below the pivot
+            for r in range(1, W):  # row i = j + r of the band below the pivot
                 i = j + r
                 if i < N:
                     t = H[i * W + r, e]
@@ -187,10 +188,14 @@ def _fixed_band_funcs(dtype, band: int) -> SimpleNamespace:
     return SimpleNamespace(band_add=generic.band_add, band_cholesky=band_cholesky, band_solve=band_solve)
 
 
-@functools.cache
 def band_factor_solve_kernel(dtype, band: int | None = None):
     """Kernel: factor each env's banded matrix in place and solve one right-hand side.
     ``ok[e]`` is 1 on success; ``band`` as in :func:`band_funcs`. Used by the tests."""
+    return _band_factor_solve_kernel(dtype, None if band is None else int(band))
+
+
+@functools.cache
+def _band_factor_solve_kernel(dtype, band: int | None):
     f = band_funcs(dtype, band)
 
     @wp.kernel(enable_backward=False, module="unique")

@@ -139,16 +139,20 @@ def test_launch_site_recovers_from_a_misleading_start():
     assert site.choice == 1
     bound = (LaunchSite.TRIALS + 1) * LaunchSite.PROBE_EVERY
     used = _drive(site, bound, lambda k, c: truth[k])
-    assert site.choice == 2 and used.count(2) <= LaunchSite.TRIALS + 1 + 5  # the probes, then the switch
+    # TRIALS + 1 probes of sharding (the last at call `bound` counted from the start), then the switch
+    assert site.choice == 2 and used.count(2) <= LaunchSite.TRIALS + 1 + 2 * LaunchSite.TRIALS
     # after the switch only the probes run the (now slower) single launch
     used = _drive(site, 10 * LaunchSite.PROBE_EVERY, lambda k, c: truth[k])
     assert used.count(1) == 10 and site.choice == 2
 
 
-def test_launch_site_ignores_a_single_outlier():
-    """One fast probe of the slower variant does not flip the choice; a lasting change does."""
+def test_launch_site_ignores_a_single_outlier_and_forgets_old_timings():
+    """One very fast probe of the slower variant does not flip the choice (a mean of its timings
+    would: (3 * 1.0 + 0.01) / 4 < 0.9, a median does not); after a lasting change the old timings
+    age out of the WINDOW, so the choice follows within WINDOW // 2 + 1 probes however long the
+    site ran before."""
     site = LaunchSite(2)
-    _drive(site, 2 * LaunchSite.TRIALS, lambda k, c: 1.0 if k == 1 else 0.5)
+    _drive(site, 2 * LaunchSite.TRIALS, lambda k, c: 1.0 if k == 1 else 0.9)
     assert site.choice == 2
     outlier = [True]
 
@@ -156,10 +160,11 @@ def test_launch_site_ignores_a_single_outlier():
         if k == 1 and outlier:
             outlier.pop()
             return 0.01  # one lucky single launch
-        return 1.0 if k == 1 else 0.5
-    _drive(site, 3 * LaunchSite.PROBE_EVERY, seconds)
+        return 1.0 if k == 1 else 0.9
+    _drive(site, 30 * LaunchSite.PROBE_EVERY, seconds)  # 30 probes of the single launch at 1.0
     assert not outlier and site.choice == 2
-    _drive(site, 12 * LaunchSite.PROBE_EVERY, lambda k, c: 0.2 if k == 1 else 0.5)  # the work shrank
+    probes = LaunchSite.WINDOW // 2 + 1
+    _drive(site, probes * LaunchSite.PROBE_EVERY, lambda k, c: 0.2 if k == 1 else 0.9)  # the work shrank
     assert site.choice == 1
 
 

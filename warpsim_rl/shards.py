@@ -91,9 +91,10 @@ class LaunchSite:
     every call runs the current choice except one in ``PROBE_EVERY``, which runs the other one.
     Each variant's estimate is the median of its last ``WINDOW`` timings, and the faster estimate
     is chosen after the trials and after every probe. A noisy moment during the trials therefore
-    pins the slower variant for about ``(TRIALS + 1) * PROBE_EVERY`` calls at most (a fixed choice
-    re-timed every 2000 calls pinned it for 2000, docs/results.md), a single outlier cannot flip
-    the choice, and the probes run the slower variant on ``1 / PROBE_EVERY`` of the calls."""
+    pins the slower variant until the ``TRIALS + 1``-th probe at most (about
+    ``(TRIALS + 1) * PROBE_EVERY`` calls; a fixed choice re-timed every 2000 calls pinned it for
+    2000, docs/results.md), a single outlier cannot flip the choice, old timings age out after
+    ``WINDOW`` of them, and the probes run the slower variant on ``1 / PROBE_EVERY`` of the calls."""
 
     TRIALS = 3
     WINDOW = 9
