@@ -270,3 +270,22 @@ def test_a_cell_whose_first_epoch_overruns_is_stopped_and_recorded_as_budget_too
     assert cell["status"] == "budget_too_small" and cell["first_epoch_s"] is None
     assert cell["first_epoch_over_s"] > 1.0 and not (folder / "results.json").exists()
     assert grid.too_small([cell]) == f"budget too small (1 epoch > {cell['first_epoch_over_s']:.0f} s)"
+
+
+def test_table1_time_to_sac_final_pairs_the_seeds():
+    """PODS' time to SAC's final reward is taken seed by seed against the same seed's SAC (two
+    seeds: 30 and 40 s against SAC's 300 and 250 s, speed-up 275 / 35); against the mean over the
+    seeds, SAC's worse seed would never reach its target and no speed-up would be defined."""
+    from warpsim_rl.bench.table1 import _claims
+
+    def cell(seed, curve):
+        return {"seed": seed, "budget_clock": "cpu", "reward": curve[-1][1], "terminal_kinetic_energy": 0.0,
+                "distance_to_target": 0.0,
+                "curve": [{"time/train_cpu_s": t, "eval/reward": r} for t, r in curve]}
+    sac = [cell(0, [(0, -40.0), (150, -20.0), (300, -14.5)]), cell(1, [(0, -40.0), (250, -13.6), (300, -13.6)])]
+    pods = [cell(0, [(0, -40.0), (30, -14.0), (300, -11.0)]), cell(1, [(0, -40.0), (20, -14.0), (40, -13.5), (300, -11.0)])]
+    final = {"SAC": (-14.05, sac), "PODS 500": (-11.0, pods)}
+    claims = _claims("2D Pendulum", final)
+    assert claims["pods_ge_sac"] is True
+    assert claims["time_to_sac_final_s"] == {"SAC": 275.0, "PODS 500": 35.0}
+    assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx(275.0 / 35.0)
