@@ -292,3 +292,24 @@ def test_table1_time_to_sac_final_pairs_the_seeds():
     # a column with seed 0 only is compared with SAC's seed 0 (300 s), not SAC's mean over both
     claims = _claims("2D Pendulum", {"SAC": (-14.05, sac), "PODS 500": (-11.0, pods[:1])})
     assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx(300.0 / 30.0)
+
+
+def test_table1_claims_table_and_no_speedup_over_a_sac_that_never_improved():
+    """SAC ending at or below its first evaluation (time to its final 0 s) gives no speed-up (not
+    0 or infinity); the claims table prints it as "—", one line per row, PODS columns missing too."""
+    from warpsim_rl.bench.table1 import _claims, claims_markdown
+
+    def cell(curve):
+        return {"seed": 0, "budget_clock": "cpu", "reward": curve[-1][1], "terminal_kinetic_energy": 0.25,
+                "distance_to_target": 0.0, "curve": [{"time/train_cpu_s": t, "eval/reward": r} for t, r in curve]}
+    sac = [cell([(0, -35.6), (150, -50.0), (300, -64.2)])]
+    pods = [cell([(0, -35.6), (30, -22.8), (300, -22.8)])]
+    claims = _claims("Cable driven payload", {"SAC": (-64.2, sac), "PODS 500": (-22.8, pods), "PPO": (-17.8, pods)})
+    assert claims["time_to_sac_final_s"] == {"SAC": 0.0, "PODS 500": 0.0}
+    assert claims["speedup_vs_sac"] == {"PODS 500": None}
+    assert claims["pods_ge_sac"] is True and claims["sac_gt_ppo"] is False
+    cloth = _claims("Cloth on the table", {"SAC": (-13.8, sac), "PPO": (-11.9, sac)})
+    md = claims_markdown([claims, cloth], ["PODS 500", "SAC", "PPO"]).splitlines()
+    assert md[0].startswith("| row | PODS ≥ SAC | SAC > PPO | time to SAC's final: SAC / PODS 500 | speedup vs SAC: PODS 500 |")
+    assert md[2] == "| Cable driven payload | True | False | 0 / 0 | — | 0.25 / 0.25 / 0.25 |"
+    assert md[3] == "| Cloth on the table | — | False | — / — | — | — / 0.25 / 0.25 |"

@@ -120,7 +120,35 @@ def report(data: dict, images: str | None = "docs/images") -> dict:
         if images:
             figures.append(plot_row(f"{row} ({ROWS[row]})", {col: by.get((row, col), []) for col in cols},
                                     str(Path(images) / f"table1_{ROWS[row]}.png")))
-    return {"table": "\n".join(lines), "claims": checks, "figures": figures}
+    return {"table": "\n".join(lines), "claims": checks, "claims_table": claims_markdown(checks, cols),
+            "figures": figures}
+
+
+def _number(x) -> str:
+    """A claims-table number: ``—`` for none, 2 significant digits below 10, whole numbers above."""
+    if x is None:
+        return "—"
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
+
+
+def claims_markdown(checks: list, cols: list) -> str:
+    """The claims table of :func:`report`: per row PODS ≥ SAC, SAC > PPO, the training times to
+    SAC's final reward (s of the budget's clock), PODS' speed-up over SAC (``≈``: the evaluations
+    are 30 s apart, so it is a lower bound where PODS is there at its first one) and the terminal
+    kinetic energy of every column (J); ``—`` where a column or the quantity is missing."""
+    pods_cols = [c for c in cols if c.startswith("PODS")]
+    lines = ["| row | PODS ≥ SAC | SAC > PPO | time to SAC's final: " + " / ".join(["SAC"] + pods_cols)
+             + " | speedup vs SAC: " + " / ".join(pods_cols) + " | terminal KE (J): " + " / ".join(cols) + " |",
+             "|---|---|---|---|---|---|"]
+    for c in checks:
+        times, speed = c.get("time_to_sac_final_s", {}), c.get("speedup_vs_sac", {})
+        ke = c["terminal_kinetic_energy"]
+        lines.append(
+            f"| {c['row']} | {c.get('pods_ge_sac', '—')} | {c.get('sac_gt_ppo', '—')} | "
+            + " / ".join(_number(times.get(k)) for k in ["SAC"] + pods_cols) + " | "
+            + " / ".join("—" if speed.get(k) is None else f"≈ {speed[k]:.1f}" for k in pods_cols) + " | "
+            + " / ".join(_number(ke.get(k)) for k in cols) + " |")
+    return "\n".join(lines)
 
 
 def _claims(row: str, final: dict) -> dict:
@@ -128,8 +156,9 @@ def _claims(row: str, final: dict) -> dict:
     column's training time to reach SAC's final reward against SAC's own (its first evaluation at
     its final level), seed by seed: a column's seed ``s`` is timed against SAC's seed ``s`` (the
     same initial actor), and the speed-up is SAC's mean time over the seeds both have divided by
-    the column's (``None``: a seed never reached it). Against the mean over seeds instead, SAC's
-    worse seed would never reach its own target."""
+    the column's (``None``: a seed never reached it, or SAC's own time is 0 — SAC ended at or below
+    its first evaluation, so it never improved and there is nothing to be faster at). Against the
+    mean over seeds instead, SAC's worse seed would never reach its own target."""
     out = {"row": row}
     pods = {k: v for k, v in final.items() if k.startswith("PODS")}
     if pods and "SAC" in final:
@@ -143,7 +172,7 @@ def _claims(row: str, final: dict) -> dict:
             paired = [c for c in v[1] if c["seed"] in sac]
             reach[col] = [first_reach(c, sac[c["seed"]]["reward"]) for c in paired]
             t_sac = [sac_time[c["seed"]] for c in paired]  # SAC's times on the same seeds
-            done = paired and all(x is not None for x in reach[col] + t_sac)
+            done = paired and all(x is not None for x in reach[col] + t_sac) and float(np.mean(t_sac)) > 0.0
             speedup[col] = float(np.mean(t_sac)) / max(float(np.mean(reach[col])), 1e-9) if done else None
         out["time_to_sac_final_s"] = {col: float(np.mean(t)) if t and all(x is not None for x in t) else None
                                       for col, t in reach.items()}
@@ -170,7 +199,7 @@ def from_args(args) -> dict:
     images = args.images or (None if args.quick else "docs/images")  # a smoke run leaves the docs' figures alone
     rep = report(data, None if args.no_figures else images)
     if args.markdown:
-        atomic_write(Path(args.markdown), lambda tmp: Path(tmp).write_text(rep["table"] + "\n"))
+        atomic_write(Path(args.markdown), lambda tmp: Path(tmp).write_text(rep["table"] + "\n\n" + rep["claims_table"] + "\n"))
     if not args.quiet:
         print(rep["table"], file=sys.stderr)
     return {"benchmark": "table1", "cache": cache, **rep}
@@ -194,4 +223,4 @@ def add_arguments(p) -> None:
     p.add_argument("--images", default=None,
                    help="folder of the per-row figures (default docs/images; with --quick none unless given)")
     p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--markdown", default=None, help="also write the table's markdown to this file")
+    p.add_argument("--markdown", default=None, help="also write the markdown of the table and of the claims to this file")
