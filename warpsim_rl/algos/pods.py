@@ -11,8 +11,9 @@ Each epoch:
      ``H = sum_t J_{t+1}^T C_ss J_{t+1} + C_aa`` with ``J_{t+1} = ds_{t+1}/da_bar`` built from the
      per-step Jacobians (``J_{t+1} = A_t J_t + B_t E_t``),
      ``a_bar' = a_bar + alpha (H + gn_damping I)^-1 dV/da_bar`` (a Levenberg-Marquardt damping the
-     paper does not have; docs/algorithms.md says why) — batched Cholesky on the simulation's
-     device, chunked over rollouts;
+     paper does not have; docs/algorithms.md says why) — solved without forming ``H`` by the
+     Riccati recursion of the equivalent linear-quadratic problem (or ``gn_solver="dense"``:
+     batched Cholesky of ``H``), on the simulation's device, chunked over rollouts;
 3. line search on ``alpha`` per rollout: all candidates are simulated at once as extra
    environments; a rollout keeps the best candidate that improves its return, or its old actions
    if none does (so the batch never gets worse); actions are clipped to the limits;
