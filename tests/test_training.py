@@ -99,9 +99,9 @@ def test_riccati_solver_equals_the_factored_gauss_newton_matrix(T, E, ns, na):
 
 
 def test_gauss_newton_step_is_accurate_in_float32_on_the_cable():
-    """The cable's transitions grow (the product of its state Jacobians over the horizon has norm
-    ~700 at the untrained policy), so H formed in float32 loses the damping against its largest
-    entries and the factored step was wrong by ~1000x in most rollouts. The solver PODS picks for
+    """The cable's Gauss-Newton matrix is ill-conditioned (largest eigenvalue ~1e8 at the untrained
+    policy against the damping of 1, docs/data/gn_solver.txt), so H formed in float32 loses its
+    small-curvature directions and the factored step was wrong by ~1000x in most rollouts. The solver PODS picks for
     it (Riccati, no H) stays close to the float64 solve of the same (float32) gradient."""
     task = make_task("cable_payload2d-stop")
     pods = make_algorithm(task, RunConfig(num_envs=8, seed=0), algo_config("pods2"))

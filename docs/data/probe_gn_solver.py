@@ -3,7 +3,9 @@
     python docs/data/probe_gn_solver.py accuracy E TASK [TASK ...]   # at each task's untrained policy (seed 0)
     python docs/data/probe_gn_solver.py cost                          # random problems of the tasks' sizes
 
-``accuracy``: one closed-loop rollout of E envs with its Jacobians (float32, as PODS runs), then the
+``accuracy``: one closed-loop rollout of E envs with its Jacobians (float32, as PODS runs; the
+largest eigenvalue of each rollout's Gauss-Newton matrix, against the damping of 1, is printed with
+the task), then the
 step of each solver in float32 and in float64 (of the same float32 gradient), each compared with the
 float64 Riccati step of the float64 gradient: relative error per rollout (median, max) and the
 solver's CPU time per env. ``cost``: CPU time per env of both solvers in float32 on random
@@ -21,6 +23,21 @@ from warpsim_rl.tasks import make_task
 torch.set_num_threads(1)
 
 
+def gauss_newton_matrix(A, B, c_ss):
+    """``sum_t J_{t+1}^T diag(c_ss) J_{t+1}`` (E, T na, T na): H without the action cost and the
+    damping, formed as gauss_newton_direction forms it."""
+    T, E, ns, na = B.shape
+    H = torch.zeros(E, T * na, T * na, dtype=B.dtype)
+    J = torch.zeros(E, ns, T * na, dtype=B.dtype)
+    for t in range(T):
+        w = t * na
+        if t > 0:
+            J[:, :, :w] = torch.bmm(A[t], J[:, :, :w])
+        J[:, :, w:w + na] = B[t]
+        H[:, :w + na, :w + na] += torch.bmm(J[:, :, :w + na].transpose(1, 2) * c_ss, J[:, :, :w + na])
+    return H
+
+
 def accuracy(E, tasks):
     for name in tasks:
         task = make_task(name)
@@ -33,7 +50,9 @@ def accuracy(E, tasks):
         g32 = value_gradient(A, B, dr_ds, dr_da)
         D = lambda x: x.double()
         ref = gauss_newton_riccati(D(A), D(B), value_gradient(D(A), D(B), D(dr_ds), D(dr_da)), D(c_ss), D(c_aa), 1.0)
-        out = [name]
+        lam = torch.linalg.eigvalsh(gauss_newton_matrix(D(A), D(B), D(c_ss)))[:, -1]
+        out = [f"{name} (E {E}; largest eigenvalue of H, float64, over the rollouts: median {float(lam.median()):.3g}, "
+               f"max {float(lam.max()):.3g}; the damping is 1)"]
         for label, solve, cast in (("dense32", gauss_newton_direction, lambda x: x),
                                    ("riccati32", gauss_newton_riccati, lambda x: x),
                                    ("dense64", gauss_newton_direction, D), ("riccati64", gauss_newton_riccati, D)):

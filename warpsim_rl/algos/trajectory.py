@@ -27,7 +27,7 @@ from ..core import StepCore, Trajectory
 from .config import check_choice, check_int, check_positive
 
 __all__ = ["TrajectoryStepConfig", "TrajectoryOptimizer", "TrajectoryStep", "value_gradient",
-           "gauss_newton_direction", "gauss_newton_riccati"]
+           "gauss_newton_direction", "gauss_newton_riccati", "GN_SOLVERS"]
 
 
 def value_gradient(A: torch.Tensor, B: torch.Tensor, dr_ds: torch.Tensor, dr_da: torch.Tensor) -> torch.Tensor:
@@ -90,10 +90,12 @@ def gauss_newton_riccati(A: torch.Tensor, B: torch.Tensor, grad: torch.Tensor, c
     ``Q_dd = R + B_t^T S B_t``, ``Q_du = B_t^T S A_t``, ``q_d = B_t^T p_{t+1} - g_t``, the step's
     policy is ``d_t = K_t u_t + k_t`` with ``K_t = -Q_dd^-1 Q_du``, ``k_t = -Q_dd^-1 q_d``, and
     ``P_t = A_t^T S A_t + Q_du^T K_t``, ``p_t = A_t^T p_{t+1} + Q_du^T k_t`` (``P_T = 0``,
-    ``p_T = 0``); a forward pass from ``u_0 = 0`` gives ``d``. Cost per rollout ``O(T ns^2 (ns +
-    na))`` against ``O(T^2 ns na (ns + T na))`` to form and factor ``H``: the same step to
-    round-off, far cheaper where ``T na`` is large against ``ns``. A rollout whose ``Q_dd`` does
-    not factor (not expected: it is at least ``R``) takes a gradient step, as there."""
+    ``p_T = 0``); a forward pass from ``u_0 = 0`` gives ``d``. Cost per rollout
+    ``O(T (ns^3 + ns^2 na + na^3))`` against ``O(T^2 ns na (ns + T na))`` to form and factor
+    ``H``; the same step to round-off (measured costs in docs/results.md: 8-52x cheaper on the
+    small-state tasks, 1.4x dearer on rope3d). ``Q_dd`` is at least ``R``, positive definite when
+    ``c_aa + damping > 0``; a rollout whose ``Q_dd`` still does not factor (no action cost and no
+    damping, or round-off) takes a gradient step, as there."""
     T, E, ns, na = B.shape
     C = torch.diag_embed(c_ss.expand(E, ns))
     R = torch.diag_embed((c_aa + damping).expand(E, na))
@@ -144,8 +146,9 @@ class TrajectoryStepConfig:
     gn_solver: str = "riccati"
     """2nd order: how (H + gn_damping I)^-1 dV/da_bar is solved — 'riccati': the equivalent
     linear-quadratic problem by a backward Riccati recursion, without forming H (the same step to
-    round-off, accurate in float32, 2-50x cheaper on the small-state tasks); 'dense': form H and
-    factor it (Cholesky) — in float32 wrong where the transitions grow (the cable, the cloth:
+    round-off; its float32 step stays close to float64's on every task measured; the solve 8-52x
+    cheaper on the small-state tasks, whole PODS epochs 2-9.5x); 'dense': form H and factor it
+    (Cholesky) — in float32 wrong where H is ill-conditioned (the cable, the cloth:
     docs/algorithms.md)"""
     chunk: int = 256
     """2nd order: rollouts per batched Gauss-Newton solve (memory: chunk x T na ns numbers for the
@@ -249,6 +252,7 @@ class TrajectoryOptimizer:
         c_aa = -d["d2r_da2"]
         dr_ds, dr_da = torch.stack(dr_ds), torch.stack(dr_da)
         step = torch.empty_like(dr_da)
+        solve = gauss_newton_riccati if cfg.gn_solver == "riccati" else gauss_newton_direction
         for e0 in range(0, E, self.jacobian_rows):
             rows = slice(e0, min(E, e0 + self.jacobian_rows))
             if traj.A is not None:
@@ -259,7 +263,6 @@ class TrajectoryOptimizer:
             grad = value_gradient(A, B, dr_ds[:, rows], dr_da[:, rows])
             for s in range(0, grad.shape[1], cfg.chunk):
                 sl = slice(s, min(grad.shape[1], s + cfg.chunk))
-                solve = gauss_newton_riccati if cfg.gn_solver == "riccati" else gauss_newton_direction
                 step[:, rows][:, sl] = solve(A[:, sl], B[:, sl], grad[:, sl], c_ss, c_aa, cfg.gn_damping)
         traj.A = traj.B = None  # free the Jacobians
         return step

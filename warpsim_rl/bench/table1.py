@@ -23,7 +23,7 @@ import numpy as np
 from ..usd import atomic_write
 from .grid import first_reach, plot_row, run_grid, stats, too_small
 
-__all__ = ["ROWS", "COLUMNS", "PAPER", "columns", "table1", "report"]
+__all__ = ["ROWS", "COLUMNS", "PAPER", "columns", "table1", "report", "claims_markdown"]
 
 #: row name -> task (the paper's eight, then the cloth of PODS Sec. 4.2)
 ROWS = {
@@ -156,8 +156,9 @@ def _claims(row: str, final: dict) -> dict:
     column's training time to reach SAC's final reward against SAC's own (its first evaluation at
     its final level), seed by seed: a column's seed ``s`` is timed against SAC's seed ``s`` (the
     same initial actor), and the speed-up is SAC's mean time over the seeds both have divided by
-    the column's (``None``: a seed never reached it, or SAC's own time is 0 — SAC ended at or below
-    its first evaluation, so it never improved and there is nothing to be faster at). Against the
+    the column's (``None``: a seed never reached it, or SAC's mean time over those seeds is 0 — SAC
+    ended at or below its first evaluation, so it never improved and there is nothing to be faster
+    at). Against the
     mean over seeds instead, SAC's worse seed would never reach its own target."""
     out = {"row": row}
     pods = {k: v for k, v in final.items() if k.startswith("PODS")}
