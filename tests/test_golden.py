@@ -1,6 +1,8 @@
 """A refactor changes no number: rollouts, gradients, Jacobians and short training runs equal,
 bit for bit, the arrays recorded before the environment-core refactor
-(``tests/data/record_golden*.py`` wrote them at commit ce10abe on the CPU).
+(``tests/data/record_golden*.py`` wrote them at commit ce10abe on the CPU). Changes on purpose are
+re-recorded and say what moved: PODS 2nd order's entries on 2026-12-02, for the Riccati solve of
+its Gauss-Newton step (every array within 6e-14 relative of the dense solve's, float64).
 
 The physics arrays are recomputed here through the same documented API; the training numbers go
 through ``warpsim_rl.training.train`` with the per-algorithm configuration. Warp's CPU backend
