@@ -183,6 +183,32 @@ def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_
         table1(["2D Pendulum"], ["PPO"], [0], budget_s=0, cache=str(cache))
 
 
+def test_table1_rerun_supersedes_cached_cells_once(tmp_path):
+    """``rerun`` moves a column's cached cell to the cache's ``superseded`` list with its reason and
+    runs it again from scratch (its old run folder renamed, not resumed); the same command again
+    supersedes nothing twice and runs nothing; a re-run needs a reason and a known column."""
+    from warpsim_rl.bench.table1 import table1
+
+    cache, runs, key = tmp_path / "t1.json", tmp_path / "runs", "2D Pendulum | PPO | seed 0"
+    args = (["2D Pendulum"], ["PPO"], [0])
+    old = table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), progress=False)["cells"][key]
+    with pytest.raises(ValueError, match="rerun_reason = None: say why"):
+        table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"])
+    with pytest.raises(ValueError, match=r"rerun column \['SACC'\]: unknown"):
+        table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["SACC"], rerun_reason="x")
+    assert json.loads(cache.read_text())["cells"][key] == old  # nothing moved by a refused call
+    new = table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"],
+                 rerun_reason="a changed method", progress=False)
+    cell = new["cells"][key]
+    assert cell["status"] == "ok" and not cell["resumed_from_epoch"] and cell["wall_s"] != old["wall_s"]
+    (gone,) = new["superseded"]
+    assert gone["superseded_because"] == "a changed method" and {k: gone[k] for k in old} == old
+    assert (runs / "pendulum2d-stop-PPO-s0.superseded-1").is_dir() and (runs / "pendulum2d-stop-PPO-s0").is_dir()
+    again = table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"],
+                   rerun_reason="a changed method", progress=False)
+    assert again["cells"] == new["cells"] and len(again["superseded"]) == 1
+
+
 def test_nonsmooth_cells_use_their_wall_and_group_gradients_average_to_the_batch_gradient(tmp_path):
     """A non-smooth study cell trains on its row's wall stiffness (the scene override reaches the
     run); the group gradients behind ``var_rel`` average to the gradient of the batch's mean return

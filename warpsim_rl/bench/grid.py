@@ -179,14 +179,21 @@ def _write_cache(path: Path, cache: dict) -> None:
 
 def run_grid(name: str, rows: dict, cols: dict, row_names=None, col_names=None, seeds=(0, 1),
              budget_s: float = 300.0, jobs: int = 1, cache: str = "runs/grid.json", runs_dir: str | None = None,
-             progress: bool = True, clock: str = "cpu", slugs: dict | None = None) -> dict:
+             progress: bool = True, clock: str = "cpu", slugs: dict | None = None, rerun=(),
+             rerun_reason: str | None = None) -> dict:
     """Run the missing cells of ``row_names`` × ``col_names`` × ``seeds`` (default: every row of
     ``rows``, name -> ``(env, scene_params)``, and every column of ``cols``, name -> ``(algo,
     settings)``) into the JSON ``cache`` (created if missing; cells already in it with the same
     budget and clock are kept), ``jobs`` at a time, each under ``budget_s`` seconds of ``clock``
     ('cpu' or 'wall'). Each cell's run folder (checkpoint, logs) is
     ``<runs_dir>/<slug>-<column>-s<seed>`` (``runs_dir`` default ``runs/<cache stem>``, the slug
-    ``slugs[row]`` or the row name). ``name`` is the benchmark's, for messages. Returns the cache."""
+    ``slugs[row]`` or the row name). ``name`` is the benchmark's, for messages.
+
+    ``rerun``: columns whose cached cells (of these rows and seeds) are run again from scratch, e.g.
+    after a change to their method: each is moved, with ``rerun_reason`` (required) and the date,
+    to the cache's ``superseded`` list, and its run folder is renamed ``<folder>.superseded-<k>``
+    so that the new run does not resume from it. A cell already superseded for the same reason is
+    not superseded again, so the same command continues an interrupted re-run. Returns the cache."""
     row_names = check_names(row_names, rows, "row")
     col_names = check_names(col_names, cols, "column")
     if not (isinstance(budget_s, (int, float)) and math.isfinite(budget_s) and budget_s > 0):
@@ -195,12 +202,33 @@ def run_grid(name: str, rows: dict, cols: dict, row_names=None, col_names=None, 
         raise ValueError(f"jobs = {jobs!r}: must be an integer >= 1")
     if clock not in ("cpu", "wall"):
         raise ValueError(f"clock = {clock!r}: must be 'cpu' or 'wall'")
+    rerun = check_names(list(rerun), cols, "rerun column") if rerun else []
+    if rerun and not (isinstance(rerun_reason, str) and rerun_reason.strip()):
+        raise ValueError(f"rerun_reason = {rerun_reason!r}: say why the cells of {rerun} are run again")
     path = Path(cache)
     data = json.loads(path.read_text()) if path.exists() else {}
     cells = data.setdefault("cells", {})
     data.setdefault("machine", {**machine_info(), "cpus": os.cpu_count()})
     data["revision"] = git_revision()
     folder = Path(runs_dir or Path("runs") / path.stem)  # the cells' run folders (checkpoints, logs): not the cache's
+    slug = {r: (slugs or {}).get(r, r.replace(" ", "_")) for r in row_names}
+
+    def run_folder(r, c, s) -> Path:
+        return folder / f"{slug[r]}-{c.replace(' ', '')}-s{s}"
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    done_before = {cell_key(x["row"], x["column"], x["seed"]) for x in data.get("superseded", [])
+                   if x.get("superseded_because") == rerun_reason}
+    for r, c, s in [(r, c, s) for s in seeds for r in row_names for c in rerun
+                    if cell_key(r, c, s) in cells and cell_key(r, c, s) not in done_before]:
+        data.setdefault("superseded", []).append({**cells.pop(cell_key(r, c, s)), "superseded": stamp,
+                                                  "superseded_because": rerun_reason})
+        old = run_folder(r, c, s)
+        if old.exists():
+            k = 1
+            while old.with_name(f"{old.name}.superseded-{k}").exists():
+                k += 1
+            old.rename(old.with_name(f"{old.name}.superseded-{k}"))
     todo = [(r, c, s) for s in seeds for r in row_names for c in col_names
             if not _cached(cells.get(cell_key(r, c, s)), budget_s, clock)]
     log = stderr_log(progress)
@@ -210,10 +238,9 @@ def run_grid(name: str, rows: dict, cols: dict, row_names=None, col_names=None, 
     _write_cache(path, data)
     t_start = time.perf_counter()
     ctx = mp.get_context("spawn")
-    slug = {r: (slugs or {}).get(r, r.replace(" ", "_")) for r in row_names}
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = {pool.submit(run_cell, r, *rows[r], c, *cols[c], s, budget_s,
-                               str(folder / f"{slug[r]}-{c.replace(' ', '')}-s{s}"), clock): (r, c, s)
+        futures = {pool.submit(run_cell, r, *rows[r], c, *cols[c], s, budget_s, str(run_folder(r, c, s)), clock):
+                   (r, c, s)
                    for r, c, s in todo}
         try:
             for done, fut in enumerate(cf.as_completed(futures), 1):

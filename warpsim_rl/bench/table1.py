@@ -80,12 +80,14 @@ def columns() -> dict[str, tuple[str, dict]]:
 
 
 def table1(rows=None, cols=None, seeds=(0, 1), budget_s: float = 300.0, jobs: int = 1, cache: str | None = None,
-           runs_dir: str | None = None, progress: bool = True, clock: str = "cpu") -> dict:
+           runs_dir: str | None = None, progress: bool = True, clock: str = "cpu", rerun=(),
+           rerun_reason: str | None = None) -> dict:
     """Run the missing cells of ``rows`` × ``cols`` × ``seeds`` (names of :data:`ROWS` and
     :func:`columns`; default all) into the JSON ``cache`` (default ``runs/table1.json``), as
     :func:`~warpsim_rl.bench.grid.run_grid` does. Returns the cache."""
     return run_grid("table1", {r: (env, ()) for r, env in ROWS.items()}, columns(), rows, cols, seeds, budget_s, jobs,
-                    cache or "runs/table1.json", runs_dir, progress, clock, slugs=ROWS)
+                    cache or "runs/table1.json", runs_dir, progress, clock, slugs=ROWS, rerun=rerun,
+                    rerun_reason=rerun_reason)
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -194,7 +196,8 @@ def from_args(args) -> dict:
     cache = args.resume or args.cache or ("runs/table1-quick.json" if args.quick else "runs/table1.json")
     if args.resume and not Path(args.resume).exists():
         raise ValueError(f"resume = {args.resume!r}: no such cache file")
-    data = table1(rows, cols, seeds, budget, jobs, cache, progress=not args.quiet, clock=args.clock) \
+    data = table1(rows, cols, seeds, budget, jobs, cache, progress=not args.quiet, clock=args.clock,
+                  rerun=args.rerun or (), rerun_reason=args.rerun_reason) \
         if not args.report_only else \
         json.loads(Path(cache).read_text())
     images = args.images or (None if args.quick else "docs/images")  # a smoke run leaves the docs' figures alone
@@ -219,6 +222,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cache", default=None,
                    help="cache of finished cells (default runs/table1.json; with --quick runs/table1-quick.json)")
     p.add_argument("--resume", default=None, metavar="FILE", help="continue the table cached in FILE")
+    p.add_argument("--rerun", nargs="+", default=None, metavar="COLUMN",
+                   help="run these columns' cached cells again from scratch (the old ones are kept in the cache's "
+                        "'superseded' list); needs --rerun-reason")
+    p.add_argument("--rerun-reason", default=None, help="why --rerun's cells are run again (stored with them)")
     p.add_argument("--quick", action="store_true", help="CI smoke: one row, one seed, 4 s budget")
     p.add_argument("--report-only", action="store_true", help="report the cache without running cells")
     p.add_argument("--images", default=None,
