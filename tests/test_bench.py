@@ -196,6 +196,8 @@ def test_table1_rerun_supersedes_cached_cells_once(tmp_path):
         table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"])
     with pytest.raises(ValueError, match=r"rerun column \['SACC'\]: unknown"):
         table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["SACC"], rerun_reason="x")
+    with pytest.raises(ValueError, match=r"\['SAC'\] are not among the columns to run \['PPO'\]"):
+        table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["SAC"], rerun_reason="x")
     assert json.loads(cache.read_text())["cells"][key] == old  # nothing moved by a refused call
     new = table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"],
                  rerun_reason="a changed method", progress=False)

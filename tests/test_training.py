@@ -86,7 +86,8 @@ def test_riccati_solver_equals_the_factored_gauss_newton_matrix(T, E, ns, na):
     """On random linear-quadratic problems (float64; some state costs zero, as the tasks' are), the
     Riccati recursion gives the step of forming and factoring H, to round-off."""
     gen = torch.Generator().manual_seed(T)
-    A = torch.eye(ns, dtype=torch.float64) + 0.2 * torch.randn(T, E, ns, ns, generator=gen, dtype=torch.float64) / ns ** 0.5
+    A = torch.eye(ns, dtype=torch.float64) \
+        + 0.2 * torch.randn(T, E, ns, ns, generator=gen, dtype=torch.float64) / ns ** 0.5
     B = torch.randn(T, E, ns, na, generator=gen, dtype=torch.float64)
     grad = torch.randn(T, E, na, generator=gen, dtype=torch.float64)
     c_ss = torch.rand(ns, generator=gen, dtype=torch.float64)
@@ -101,8 +102,8 @@ def test_riccati_solver_equals_the_factored_gauss_newton_matrix(T, E, ns, na):
 def test_gauss_newton_step_is_accurate_in_float32_on_the_cable():
     """The cable's Gauss-Newton matrix is ill-conditioned (largest eigenvalue ~1e8 at the untrained
     policy against the damping of 1, docs/data/gn_solver.txt), so H formed in float32 loses its
-    small-curvature directions and the factored step was wrong by ~1000x in most rollouts. The solver PODS picks for
-    it (Riccati, no H) stays close to the float64 solve of the same (float32) gradient."""
+    small-curvature directions and the factored step was wrong by ~1000x in most rollouts. PODS'
+    default solve (Riccati, no H) stays close to the float64 solve of the same (float32) gradient."""
     task = make_task("cable_payload2d-stop")
     pods = make_algorithm(task, RunConfig(num_envs=8, seed=0), algo_config("pods2"))
     assert pods.cfg.gn_solver == "riccati"

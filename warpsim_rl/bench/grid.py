@@ -203,6 +203,9 @@ def run_grid(name: str, rows: dict, cols: dict, row_names=None, col_names=None, 
     if clock not in ("cpu", "wall"):
         raise ValueError(f"clock = {clock!r}: must be 'cpu' or 'wall'")
     rerun = check_names(list(rerun), cols, "rerun column") if rerun else []
+    if set(rerun) - set(col_names):  # superseded but never run again: the table would lose them
+        raise ValueError(f"rerun = {rerun!r}: {sorted(set(rerun) - set(col_names))} are not among the columns "
+                         f"to run {col_names}")
     if rerun and not (isinstance(rerun_reason, str) and rerun_reason.strip()):
         raise ValueError(f"rerun_reason = {rerun_reason!r}: say why the cells of {rerun} are run again")
     path = Path(cache)

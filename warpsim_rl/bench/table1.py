@@ -160,8 +160,7 @@ def _claims(row: str, final: dict) -> dict:
     same initial actor), and the speed-up is SAC's mean time over the seeds both have divided by
     the column's (``None``: a seed never reached it, or SAC's mean time over those seeds is 0 — SAC
     ended at or below its first evaluation, so it never improved and there is nothing to be faster
-    at). Against the
-    mean over seeds instead, SAC's worse seed would never reach its own target."""
+    at). Against the mean over seeds instead, SAC's worse seed would never reach its own target."""
     out = {"row": row}
     pods = {k: v for k, v in final.items() if k.startswith("PODS")}
     if pods and "SAC" in final:
@@ -203,7 +202,8 @@ def from_args(args) -> dict:
     images = args.images or (None if args.quick else "docs/images")  # a smoke run leaves the docs' figures alone
     rep = report(data, None if args.no_figures else images)
     if args.markdown:
-        atomic_write(Path(args.markdown), lambda tmp: Path(tmp).write_text(rep["table"] + "\n\n" + rep["claims_table"] + "\n"))
+        text = rep["table"] + "\n\n" + rep["claims_table"] + "\n"
+        atomic_write(Path(args.markdown), lambda tmp: Path(tmp).write_text(text))
     if not args.quiet:
         print(rep["table"], file=sys.stderr)
     return {"benchmark": "table1", "cache": cache, **rep}
@@ -231,4 +231,5 @@ def add_arguments(p) -> None:
     p.add_argument("--images", default=None,
                    help="folder of the per-row figures (default docs/images; with --quick none unless given)")
     p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--markdown", default=None, help="also write the markdown of the table and of the claims to this file")
+    p.add_argument("--markdown", default=None,
+                   help="also write the markdown of the table and of the claims to this file")
