@@ -300,26 +300,52 @@ def test_a_cell_whose_first_epoch_overruns_is_stopped_and_recorded_as_budget_too
     assert grid.too_small([cell]) == f"budget too small (1 epoch > {cell['first_epoch_over_s']:.0f} s)"
 
 
-def test_table1_time_to_sac_final_pairs_the_seeds():
+def _curve_cell(seed, curve, ke=0.0):
+    """A finished cell with the test-bed rewards ``curve`` ((time, reward) pairs from time 0)."""
+    return {"seed": seed, "budget_clock": "cpu", "reward": curve[-1][1], "terminal_kinetic_energy": ke,
+            "distance_to_target": 0.0, "curve": [{"time/train_cpu_s": t, "eval/reward": r} for t, r in curve]}
+
+
+def test_reach_bracket_is_the_evaluation_before_and_the_first_at_the_level():
+    from warpsim_rl.bench.grid import reach_bracket
+
+    cell = _curve_cell(0, [(0, -40.0), (2, -30.0), (4, -20.0), (8, -25.0), (30, -19.0)])
+    cell["curve"].insert(2, {"time/train_cpu_s": 3.0})  # an epoch without an evaluation: not a bound
+    assert reach_bracket(cell, -20.0) == (2.0, 4.0)
+    assert reach_bracket(cell, -19.5) == (8.0, 30.0)
+    assert reach_bracket(cell, -45.0) == (0.0, 0.0)
+    assert reach_bracket(cell, -10.0) is None
+
+
+def test_table1_time_to_sac_final_pairs_the_seeds_and_brackets_the_speedup():
     """PODS' time to SAC's final reward is taken seed by seed against the same seed's SAC (two
-    seeds: 30 and 40 s against SAC's 300 and 250 s, speed-up 275 / 35); against the mean over the
-    seeds, SAC's worse seed would never reach its target and no speed-up would be defined."""
+    seeds: PODS there at 30 and 20 s, its evaluations before at 15 and 10 s; SAC at its final level
+    from 300 and 250 s, evaluations before at 150 and 0 s); the speed-up lies between
+    mean(150, 0) / mean(30, 20) and mean(300, 250) / mean(15, 10). Against the mean over the seeds,
+    SAC's worse seed would never reach its target and no speed-up would be defined."""
     from warpsim_rl.bench.table1 import _claims
 
-    def cell(seed, curve):
-        return {"seed": seed, "budget_clock": "cpu", "reward": curve[-1][1], "terminal_kinetic_energy": 0.0,
-                "distance_to_target": 0.0,
-                "curve": [{"time/train_cpu_s": t, "eval/reward": r} for t, r in curve]}
-    sac = [cell(0, [(0, -40.0), (150, -20.0), (300, -14.5)]), cell(1, [(0, -40.0), (250, -13.6), (300, -13.6)])]
-    pods = [cell(0, [(0, -40.0), (30, -14.0), (300, -11.0)]), cell(1, [(0, -40.0), (20, -14.0), (40, -13.5), (300, -11.0)])]
-    final = {"SAC": (-14.05, sac), "PODS 500": (-11.0, pods)}
-    claims = _claims("2D Pendulum", final)
+    sac = [_curve_cell(0, [(0, -40.0), (150, -20.0), (300, -14.5)]), _curve_cell(1, [(0, -40.0), (250, -13.6), (300, -13.6)])]
+    pods = [_curve_cell(0, [(0, -40.0), (15, -16.0), (30, -14.0), (300, -11.0)]),
+            _curve_cell(1, [(0, -40.0), (10, -15.0), (20, -13.5), (40, -13.0), (300, -11.0)])]
+    claims = _claims("2D Pendulum", {"SAC": (-14.05, sac), "PODS 500": (-11.0, pods)})
     assert claims["pods_ge_sac"] is True
-    assert claims["time_to_sac_final_s"] == {"SAC": 275.0, "PODS 500": 35.0}
-    assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx(275.0 / 35.0)
-    # a column with seed 0 only is compared with SAC's seed 0 (300 s), not SAC's mean over both
+    assert claims["time_to_sac_final_s"] == {"SAC": 275.0, "PODS 500": 25.0}
+    assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx({"at_least": 75.0 / 25.0, "at_most": 275.0 / 12.5})
+    assert claims["pods_10x_sooner"] == "?"
+    # a column with seed 0 only is compared with SAC's seed 0 (150-300 s), not SAC's mean over both
     claims = _claims("2D Pendulum", {"SAC": (-14.05, sac), "PODS 500": (-11.0, pods[:1])})
-    assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx(300.0 / 30.0)
+    assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx({"at_least": 150.0 / 30.0, "at_most": 300.0 / 15.0})
+    # there at its first evaluation: unbounded above; at least 10x: the claim holds
+    fast = [_curve_cell(0, [(0, -40.0), (10, -12.0), (300, -11.0)])]
+    claims = _claims("2D Pendulum", {"SAC": (-14.05, sac), "PODS 500": (-11.0, fast)})
+    assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx({"at_least": 15.0, "at_most": None})
+    assert claims["pods_10x_sooner"] is True
+    # slower than a tenth of SAC's earliest time on every column: the claim fails
+    slow = [_curve_cell(0, [(0, -40.0), (60, -20.0), (90, -14.0), (300, -11.0)])]
+    claims = _claims("2D Pendulum", {"SAC": (-14.05, sac), "PODS 500": (-11.0, slow)})
+    assert claims["speedup_vs_sac"]["PODS 500"] == pytest.approx({"at_least": 150.0 / 90.0, "at_most": 5.0})
+    assert claims["pods_10x_sooner"] is False
 
 
 def test_table1_claims_table_and_no_speedup_over_a_sac_that_never_improved():
@@ -327,17 +353,16 @@ def test_table1_claims_table_and_no_speedup_over_a_sac_that_never_improved():
     0 or infinity); the claims table prints it as "—", one line per row, PODS columns missing too."""
     from warpsim_rl.bench.table1 import _claims, claims_markdown
 
-    def cell(curve):
-        return {"seed": 0, "budget_clock": "cpu", "reward": curve[-1][1], "terminal_kinetic_energy": 0.25,
-                "distance_to_target": 0.0, "curve": [{"time/train_cpu_s": t, "eval/reward": r} for t, r in curve]}
-    sac = [cell([(0, -35.6), (150, -50.0), (300, -64.2)])]
-    pods = [cell([(0, -35.6), (30, -22.8), (300, -22.8)])]
+    sac = [_curve_cell(0, [(0, -35.6), (150, -50.0), (300, -64.2)], ke=0.25)]
+    pods = [_curve_cell(0, [(0, -35.6), (30, -22.8), (300, -22.8)], ke=0.25)]
     claims = _claims("Cable driven payload", {"SAC": (-64.2, sac), "PODS 500": (-22.8, pods), "PPO": (-17.8, pods)})
     assert claims["time_to_sac_final_s"] == {"SAC": 0.0, "PODS 500": 0.0}
     assert claims["speedup_vs_sac"] == {"PODS 500": None}
     assert claims["pods_ge_sac"] is True and claims["sac_gt_ppo"] is False
     cloth = _claims("Cloth on the table", {"SAC": (-13.8, sac), "PPO": (-11.9, sac)})
     md = claims_markdown([claims, cloth], ["PODS 500", "SAC", "PPO"]).splitlines()
-    assert md[0].startswith("| row | PODS ≥ SAC | SAC > PPO | time to SAC's final: SAC / PODS 500 | speedup vs SAC: PODS 500 |")
-    assert md[2] == "| Cable driven payload | True | False | 0 / 0 | — | 0.25 / 0.25 / 0.25 |"
-    assert md[3] == "| Cloth on the table | — | False | — / — | — | — / 0.25 / 0.25 |"
+    assert md[0].startswith("| row | PODS ≥ SAC | SAC > PPO | time to SAC's final: SAC / PODS 500 | speedup vs SAC: PODS 500 "
+                            "| PODS ≥ 10× sooner |")
+    assert md[2] == "| Cable driven payload | True | False | 0 / 0 | — | — | 0.25 / 0.25 / 0.25 |"
+    assert md[3] == "| Cloth on the table | — | False | — / — | — | — | — / 0.25 / 0.25 |"
+    assert claims["pods_10x_sooner"] == "—"

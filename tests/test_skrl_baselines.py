@@ -132,3 +132,19 @@ def test_budgeted_run_stops_and_records_time_and_steps(tmp_path):
     assert [c["env_steps"] for c in curve] == [16 * 20 * c["epoch"] for c in curve]
     assert sum("eval/reward" in c for c in curve) >= 3  # evaluated every 0.2 s of training and at the end
     assert json.loads((tmp_path / "b" / "results.json").read_text())["first_epoch_s"] == res["first_epoch_s"]
+
+
+def test_eval_at_s_evaluates_after_the_first_epoch_past_each_time(tmp_path):
+    """The evaluated epochs are exactly the first to complete each of ``eval_at_s`` and the last."""
+    from warpsim_rl.training import train
+
+    times = (0.05, 0.1, 0.2)
+    run = RunConfig(env="pendulum2d-stop", algo="ppo", num_envs=16, epochs=1000, horizon=20, eval_every=0,
+                    eval_at_s=times, budget_s=0.4, usd_envs=0, threads=1, out=str(tmp_path / "b"))
+    curve = train(run, algo_config("ppo", rollouts=10), progress=False)["curve"]
+    expected = {i for i in range(1, len(curve)) if i == len(curve) - 1
+                or any(curve[i - 1]["time/train_s"] < t <= curve[i]["time/train_s"] for t in times)}
+    assert {i for i in range(1, len(curve)) if "eval/reward" in curve[i]} == expected
+    assert len(expected) >= 3
+    with pytest.raises(ValueError, match=r"eval_at_s\[1\] = -1: must be a finite number > 0"):
+        RunConfig(env="pendulum2d-stop", algo="ppo", eval_at_s=(1.0, -1))

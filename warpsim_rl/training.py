@@ -378,7 +378,8 @@ def train(run: RunConfig, cfg: AlgoConfig | None = None, resume: str | None = No
             row.update(trained)
             row["env_steps"] = algo.env_steps
             now = trained[clock_key]
-            crossed = run.eval_every_s is not None and int(now // run.eval_every_s) > int(spent // run.eval_every_s)
+            crossed = (run.eval_every_s is not None and int(now // run.eval_every_s) > int(spent // run.eval_every_s)) \
+                or any(spent < t <= now for t in run.eval_at_s)
             last = epoch + 1 == run.epochs or (run.budget_s is not None and now >= run.budget_s)
             if (run.eval_every and (epoch + 1) % run.eval_every == 0) or crossed or last:
                 ev = evaluate(task, algo.policy, eval_core)

@@ -129,6 +129,10 @@ class RunConfig:
     """evaluate after the first epoch that completes each further ``eval_every_s`` seconds of training
     time on ``budget_clock`` (in addition to ``eval_every``; for runs with a time budget, where epochs
     differ in length by orders of magnitude between algorithms)"""
+    eval_at_s: tuple[float, ...] = ()
+    """training times (s of ``budget_clock``) to evaluate after too, each after the first epoch that
+    completes it (in addition to ``eval_every`` and ``eval_every_s``; e.g. a few early ones, so that
+    a fast method's time to a reward is resolved finer than ``eval_every_s``)"""
     budget_s: float | None = None
     """training budget in seconds of ``budget_clock`` (evaluation excluded): the run stops after the
     epoch that reaches it, or at ``epochs``, whichever comes first; a linear learning-rate schedule
@@ -160,6 +164,9 @@ class RunConfig:
         check_threads(self.threads)
         if self.eval_every_s is not None:
             check_positive("eval_every_s", self.eval_every_s)
+        self.eval_at_s = tuple(self.eval_at_s)  # a list when read back from config.json
+        for i, t in enumerate(self.eval_at_s):
+            check_positive(f"eval_at_s[{i}]", t)
         if self.budget_s is not None:
             check_positive("budget_s", self.budget_s)
         check_choice("budget_clock", self.budget_clock, ("wall", "cpu"))

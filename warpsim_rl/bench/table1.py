@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..usd import atomic_write
-from .grid import first_reach, plot_row, run_grid, stats, too_small
+from .grid import plot_row, reach_bracket, run_grid, stats, too_small
 
 __all__ = ["ROWS", "COLUMNS", "PAPER", "columns", "table1", "report", "claims_markdown"]
 
@@ -133,34 +133,51 @@ def _number(x) -> str:
     return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
 
 
+def _speedup_text(bracket: dict | None) -> str:
+    """``lo–hi``, ``≥ lo`` (unbounded above) or ``—`` (undefined)."""
+    if bracket is None:
+        return "—"
+    lo, hi = bracket["at_least"], bracket["at_most"]
+    return f"≥ {_number(lo)}" if hi is None else f"{_number(lo)}–{_number(hi)}"
+
+
 def claims_markdown(checks: list, cols: list) -> str:
     """The claims table of :func:`report`: per row PODS ≥ SAC, SAC > PPO, the training times to
-    SAC's final reward (s of the budget's clock), PODS' speed-up over SAC (``≈``: the evaluations
-    are 30 s apart, so it is a lower bound where PODS is there at its first one) and the terminal
-    kinetic energy of every column (J); ``—`` where a column or the quantity is missing."""
+    SAC's final reward (s of the budget's clock, each column's first evaluation there), PODS'
+    speed-up over SAC as the bracket its evaluations allow (:func:`_claims`), whether PODS is
+    ≥ 10× sooner (True / False / ``?`` where the bracket straddles 10), and the terminal kinetic
+    energy of every column (J); ``—`` where a column or the quantity is missing."""
     pods_cols = [c for c in cols if c.startswith("PODS")]
     lines = ["| row | PODS ≥ SAC | SAC > PPO | time to SAC's final: " + " / ".join(["SAC"] + pods_cols)
-             + " | speedup vs SAC: " + " / ".join(pods_cols) + " | terminal KE (J): " + " / ".join(cols) + " |",
-             "|---|---|---|---|---|---|"]
+             + " | speedup vs SAC: " + " / ".join(pods_cols) + " | PODS ≥ 10× sooner | terminal KE (J): "
+             + " / ".join(cols) + " |", "|---|---|---|---|---|---|---|"]
     for c in checks:
         times, speed = c.get("time_to_sac_final_s", {}), c.get("speedup_vs_sac", {})
         ke = c["terminal_kinetic_energy"]
         lines.append(
             f"| {c['row']} | {c.get('pods_ge_sac', '—')} | {c.get('sac_gt_ppo', '—')} | "
             + " / ".join(_number(times.get(k)) for k in ["SAC"] + pods_cols) + " | "
-            + " / ".join("—" if speed.get(k) is None else f"≈ {speed[k]:.1f}" for k in pods_cols) + " | "
+            + " / ".join(_speedup_text(speed.get(k)) for k in pods_cols) + " | "
+            + str(c.get("pods_10x_sooner", "—")) + " | "
             + " / ".join(_number(ke.get(k)) for k in cols) + " |")
     return "\n".join(lines)
 
 
 def _claims(row: str, final: dict) -> dict:
     """PODS >= SAC > PPO in reward (the better PODS column, means over seeds), and each PODS
-    column's training time to reach SAC's final reward against SAC's own (its first evaluation at
-    its final level), seed by seed: a column's seed ``s`` is timed against SAC's seed ``s`` (the
-    same initial actor), and the speed-up is SAC's mean time over the seeds both have divided by
-    the column's (``None``: a seed never reached it, or SAC's mean time over those seeds is 0 — SAC
-    ended at or below its first evaluation, so it never improved and there is nothing to be faster
-    at). Against the mean over seeds instead, SAC's worse seed would never reach its own target."""
+    column's training time to reach SAC's final reward against SAC's own time to its final level,
+    seed by seed: a column's seed ``s`` is timed against SAC's seed ``s`` (the same initial actor);
+    against the mean over seeds instead, SAC's worse seed would never reach its own target.
+
+    Evaluations are discrete, so each time is only known to lie between the evaluation before the
+    first one at the level and that one (:func:`~warpsim_rl.bench.grid.reach_bracket`). The
+    speed-up is bracketed accordingly, over the seeds both have: at least SAC's mean earliest time
+    over the column's mean latest, at most SAC's mean latest over the column's mean earliest
+    (``at_most`` ``None``: unbounded, the column was there at its first evaluation). It is
+    ``None`` where a seed never reached the level, or where SAC's mean time is 0 (SAC ended at or
+    below its first evaluation: it never improved, and there is nothing to be faster at).
+    ``pods_10x_sooner``: True if a PODS column's speed-up is at least 10, False if every defined
+    one is below 10, ``"?"`` otherwise (``"—"``: none is defined)."""
     out = {"row": row}
     pods = {k: v for k, v in final.items() if k.startswith("PODS")}
     if pods and "SAC" in final:
@@ -168,17 +185,30 @@ def _claims(row: str, final: dict) -> dict:
         out["best_pods"] = best
         out["pods_ge_sac"] = pods[best][0] >= final["SAC"][0]
         sac = {c["seed"]: c for c in final["SAC"][1]}
-        sac_time = {seed: first_reach(c, c["reward"]) for seed, c in sac.items()}
+        sac_time = {seed: reach_bracket(c, c["reward"]) for seed, c in sac.items()}
         reach, speedup = {"SAC": list(sac_time.values())}, {}
         for col, v in pods.items():
             paired = [c for c in v[1] if c["seed"] in sac]
-            reach[col] = [first_reach(c, sac[c["seed"]]["reward"]) for c in paired]
+            reach[col] = [reach_bracket(c, sac[c["seed"]]["reward"]) for c in paired]
             t_sac = [sac_time[c["seed"]] for c in paired]  # SAC's times on the same seeds
-            done = paired and all(x is not None for x in reach[col] + t_sac) and float(np.mean(t_sac)) > 0.0
-            speedup[col] = float(np.mean(t_sac)) / max(float(np.mean(reach[col])), 1e-9) if done else None
-        out["time_to_sac_final_s"] = {col: float(np.mean(t)) if t and all(x is not None for x in t) else None
-                                      for col, t in reach.items()}
+            speedup[col] = None
+            if paired and all(x is not None for x in reach[col] + t_sac):
+                (sac_lo, sac_hi), (col_lo, col_hi) = np.mean(t_sac, axis=0), np.mean(reach[col], axis=0)
+                if sac_hi > 0 and col_hi > 0:  # SAC improved; the column's untrained policy was not there yet
+                    speedup[col] = {"at_least": float(sac_lo / col_hi),
+                                    "at_most": float(sac_hi / col_lo) if col_lo > 0 else None}
+        out["time_to_sac_final_s"] = {col: float(np.mean([x[1] for x in t])) if t and all(x is not None for x in t)
+                                      else None for col, t in reach.items()}
         out["speedup_vs_sac"] = speedup
+        known = [b for b in speedup.values() if b is not None]
+        if not known:
+            out["pods_10x_sooner"] = "—"
+        elif any(b["at_least"] >= 10 for b in known):
+            out["pods_10x_sooner"] = True
+        elif all(b["at_most"] is not None and b["at_most"] < 10 for b in known):
+            out["pods_10x_sooner"] = False
+        else:
+            out["pods_10x_sooner"] = "?"
     if "SAC" in final and "PPO" in final:
         out["sac_gt_ppo"] = final["SAC"][0] > final["PPO"][0]
     for key in ("terminal_kinetic_energy", "distance_to_target"):
