@@ -4,12 +4,37 @@
 inside the package as ``warpsim_rl.kernels`` and ``warpsim_rl.scenes``. pyproject.toml cannot
 map a discovered folder to another package name, so the packages are discovered here: each root
 below and every subpackage found under its folder ship in the wheel.
+
+A build from a git checkout also writes the checkout's ``git describe --always --dirty`` into
+the built package as ``warpsim_rl/REVISION``: an installed copy has no checkout of its own, and
+the benchmarks record that revision with their results (``warpsim_rl.bench.common.git_revision``).
+A build from anything else writes none.
 """
 
+import subprocess
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 PACKAGE_DIR = {"warpsim_rl": "warpsim_rl", "warpsim_rl.kernels": "kernels", "warpsim_rl.scenes": "scenes"}
 PACKAGES = [name for root, folder in PACKAGE_DIR.items()
             for name in [root] + [f"{root}.{sub}" for sub in find_packages(folder)]]
 
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR)
+
+
+class BuildPyWithRevision(build_py):
+    """``build_py`` that stamps the source checkout's revision into the built package."""
+
+    def run(self):
+        super().run()
+        try:
+            rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return
+        if rev.returncode == 0 and rev.stdout.strip() and not self.editable_mode:
+            (Path(self.build_lib) / "warpsim_rl" / "REVISION").write_text(rev.stdout.strip() + "\n")
+
+
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, cmdclass={"build_py": BuildPyWithRevision})

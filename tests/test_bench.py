@@ -366,3 +366,18 @@ def test_table1_claims_table_and_no_speedup_over_a_sac_that_never_improved():
     assert md[2] == "| Cable driven payload | True | False | 0 / 0 | — | — | 0.25 / 0.25 / 0.25 |"
     assert md[3] == "| Cloth on the table | — | False | — / — | — | — | — / 0.25 / 0.25 |"
     assert claims["pods_10x_sooner"] == "—"
+
+
+def test_git_revision_prefers_an_installed_build_stamp(tmp_path):
+    """An installed package's REVISION stamp (setup.py) is its revision; a folder that is neither
+    stamped nor in a git checkout has none; this checkout's is git's own."""
+    import subprocess
+
+    from warpsim_rl.bench.common import git_revision
+
+    (tmp_path / "REVISION").write_text("0123abc\n")
+    assert git_revision(tmp_path) == "0123abc"
+    (tmp_path / "REVISION").unlink()
+    assert git_revision(tmp_path) == ""
+    here = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    assert git_revision() == here

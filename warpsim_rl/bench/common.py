@@ -34,12 +34,19 @@ def machine_info() -> dict:
             "torch": torch.__version__}
 
 
-def git_revision() -> str:
-    """``<commit>[-dirty]`` of the source tree the benchmark runs from ("" outside a checkout)."""
+def git_revision(package_dir: str | Path | None = None) -> str:
+    """``<commit>[-dirty]`` of the code the benchmark runs: an installed package's build stamp
+    (``REVISION``, written by setup.py when built from a git checkout), else ``git describe`` of
+    the checkout the package is imported from; "" when neither exists. ``package_dir``: the
+    package's folder (default: this package's)."""
+    folder = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
+    stamp = folder / "REVISION"
+    if stamp.is_file():
+        return stamp.read_text().strip()
     try:
-        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+        rev = subprocess.run(["git", "-C", str(folder), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10)
-        return rev.stdout.strip()
+        return rev.stdout.strip() if rev.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
 
