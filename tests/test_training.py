@@ -193,6 +193,19 @@ def test_resume_continues_bit_identically(tmp_path, monkeypatch):
     assert train_rows(a["history"]) == train_rows(b["history"])
 
 
+def test_resume_with_fewer_epochs_than_done_is_refused_and_writes_nothing(tmp_path):
+    """``--resume RUN --epochs 1`` on a run at epoch 2 would train nothing: refused, naming the
+    value and the epoch, before any file changes; ``--epochs 2`` (its own count) re-evaluates."""
+    out = tmp_path / "run"
+    train(RunConfig(env="pendulum2d-stop", algo="pods2", num_envs=4, horizon=8, eval_every=0, usd_envs=0, epochs=2,
+                    out=str(out)), algo_config("pods2", regression_steps=2), progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    with pytest.raises(ValueError, match=r"epochs = 1: the run in .* is already at epoch 2; resume it with --epochs N >= 2"):
+        train(None, resume=str(out), epochs=1, progress=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    assert train(None, resume=str(out), epochs=2, progress=False)["epochs"] == 2
+
+
 def test_observation_normalizer_matches_batch_statistics():
     from warpsim_rl.algos.models import MLPPolicy, ObservationNormalizer
 

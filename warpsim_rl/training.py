@@ -247,6 +247,9 @@ def _prepare(run, cfg, resume, epochs, overwrite, threads):
         run = dataclasses.replace(run, out=str(folder))
     if epochs is not None:
         run = dataclasses.replace(run, epochs=epochs)
+    if ckpt is not None and run.epochs < ckpt["epoch"]:
+        raise ValueError(f"epochs = {run.epochs}: the run in {str(run.out_dir)!r} is already at epoch {ckpt['epoch']}; "
+                         f"resume it with --epochs N >= {ckpt['epoch']} (N > {ckpt['epoch']} trains on)")
     if threads is not None:
         run = dataclasses.replace(run, threads=threads)
     if run.algo not in ALGORITHMS:

@@ -10,13 +10,15 @@ Subcommands (module):
     compare     train several algorithms over seeds at equal epochs; test-bed learning curves
                 (warpsim_rl.bench.compare).
     table1      PODS Table 1: every algorithm on every row (task) over seeds at the same
-                wall-clock budget, cached and resumable; report, claims, figures
-                (warpsim_rl.bench.table1).
+                budget (the cells' CPU time by default), cached and resumable; report, claims,
+                figures (warpsim_rl.bench.table1).
+    nonsmooth   AGPO, SHAC, BPTT, PODS and AoBG on a stiffening wall and the cloth, at the same
+                budget, and the analytic gradient's variance (warpsim_rl.bench.nonsmooth).
     windows     a SHAC / AGPO epoch against the forward simulation of its steps
                 (warpsim_rl.bench.windows).
     (python -m warpsim_rl.bench.d3pg {motivating,weights,update,memory}: the D3PG measurements,
     warpsim_rl.bench.d3pg, a command of its own)
-    sweep       one algorithm over a hyper-parameter grid at a fixed wall-clock budget
+    sweep       one algorithm over a hyper-parameter grid at a fixed budget
                 (warpsim_rl.bench.sweep).
     estimators  bias/variance of the ZoBG/FoBG/AoBG gradient estimators; the wall strike
                 (warpsim_rl.bench.estimators).

@@ -104,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default="runs/compare")
     cp.add_argument("--png", default=None, help="learning-curve figure")
     _common(cp)
-    tb = sub.add_parser("table1", help="PODS Table 1: every algorithm on every row at equal wall-clock budget")
+    tb = sub.add_parser("table1", help="PODS Table 1: every algorithm on every row at an equal budget (CPU time by default)")
     from . import table1
 
     table1.add_arguments(tb)

@@ -243,7 +243,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rows", nargs="+", default=None, help=f"rows (default all): {list(ROWS)}")
     p.add_argument("--columns", nargs="+", default=None,
                    help="columns (default all: the paper's, then every other registered algorithm)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default 0 1)")
     p.add_argument("--budget-s", type=float, default=300.0, help="training budget per cell in seconds of --clock (default 300)")
     p.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
                    help="clock of the budget: each cell's CPU time (default: equal compute on a shared machine) "
