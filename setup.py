@@ -8,7 +8,7 @@ below and every subpackage found under its folder ship in the wheel.
 A build from a git checkout also writes the checkout's ``git describe --always --dirty`` into
 the built package as ``warpsim_rl/REVISION``: an installed copy has no checkout of its own, and
 the benchmarks record that revision with their results (``warpsim_rl.bench.common.git_revision``).
-A build from anything else writes none.
+A build from anything else (a copy without .git, an sdist) writes none.
 """
 
 import subprocess
@@ -28,13 +28,20 @@ class BuildPyWithRevision(build_py):
 
     def run(self):
         super().run()
+        stamp = Path(self.build_lib) / "warpsim_rl" / "REVISION"
+        stamp.unlink(missing_ok=True)  # never ship an earlier build's stamp
+        here = Path(__file__).resolve().parent
         try:
-            rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
+            top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"],
+                                 capture_output=True, text=True, timeout=30)
+            rev = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty"],
                                  capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.SubprocessError):
             return
-        if rev.returncode == 0 and rev.stdout.strip() and not self.editable_mode:
-            (Path(self.build_lib) / "warpsim_rl" / "REVISION").write_text(rev.stdout.strip() + "\n")
+        # only this folder's own checkout, not a repository that merely contains the folder
+        own = top.returncode == 0 and Path(top.stdout.strip()).resolve() == here
+        if own and rev.returncode == 0 and rev.stdout.strip() and not self.editable_mode:
+            stamp.write_text(rev.stdout.strip() + "\n")
 
 
 setup(packages=PACKAGES, package_dir=PACKAGE_DIR, cmdclass={"build_py": BuildPyWithRevision})

@@ -381,3 +381,13 @@ def test_git_revision_prefers_an_installed_build_stamp(tmp_path):
     assert git_revision(tmp_path) == ""
     here = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     assert git_revision() == here
+
+
+def test_speedup_brackets_are_printed_rounded_outwards():
+    """A lower bound of 9.96 must not print as 10, nor an upper bound of 9.91 as 9.9."""
+    from warpsim_rl.bench.table1 import _speedup_text
+
+    assert _speedup_text({"at_least": 9.96, "at_most": 9.91}) == "9.9–10.0"
+    assert _speedup_text({"at_least": 44.7, "at_most": 97.2}) == "44–98"
+    assert _speedup_text({"at_least": 0.934, "at_most": None}) == "≥ 0.93"
+    assert _speedup_text(None) == "—"

@@ -148,3 +148,5 @@ def test_eval_at_s_evaluates_after_the_first_epoch_past_each_time(tmp_path):
     assert len(expected) >= 3
     with pytest.raises(ValueError, match=r"eval_at_s\[1\] = -1: must be a finite number > 0"):
         RunConfig(env="pendulum2d-stop", algo="ppo", eval_at_s=(1.0, -1))
+    with pytest.raises(ValueError, match=r"eval_at_s = 5.0: expected a list of training times"):
+        RunConfig(env="pendulum2d-stop", algo="ppo", eval_at_s=5.0)

@@ -164,6 +164,8 @@ class RunConfig:
         check_threads(self.threads)
         if self.eval_every_s is not None:
             check_positive("eval_every_s", self.eval_every_s)
+        if not isinstance(self.eval_at_s, (list, tuple)):
+            raise ValueError(f"eval_at_s = {self.eval_at_s!r}: expected a list of training times in seconds")
         self.eval_at_s = tuple(self.eval_at_s)  # a list when read back from config.json
         for i, t in enumerate(self.eval_at_s):
             check_positive(f"eval_at_s[{i}]", t)

@@ -37,13 +37,20 @@ def machine_info() -> dict:
 def git_revision(package_dir: str | Path | None = None) -> str:
     """``<commit>[-dirty]`` of the code the benchmark runs: an installed package's build stamp
     (``REVISION``, written by setup.py when built from a git checkout), else ``git describe`` of
-    the checkout the package is imported from; "" when neither exists. ``package_dir``: the
+    the checkout the package is imported from (the checkout whose top folder holds the package);
+    "" when neither exists. ``package_dir``: the
     package's folder (default: this package's)."""
     folder = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
     stamp = folder / "REVISION"
     if stamp.is_file():
         return stamp.read_text().strip()
     try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=10)
+        # the package's own checkout (its folder's parent), not a repository that merely holds
+        # an unstamped install (e.g. a virtual environment inside a checkout)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != folder.resolve().parent:
+            return ""
         rev = subprocess.run(["git", "-C", str(folder), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10)
         return rev.stdout.strip() if rev.returncode == 0 else ""

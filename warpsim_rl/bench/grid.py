@@ -64,7 +64,8 @@ def _saved_config(folder: Path) -> dict | None:
 
 #: fractions of the budget after which a cell is evaluated besides every tenth: 1/160 ... 1/20
 #: (1.9, 3.8, 7.5 and 15 s of a 300-s budget), so that a method reaching a reward within the first
-#: tenth is timed to within a factor of 2 (:func:`reach_bracket`), not just "by 30 s"
+#: tenth is timed to within a factor of about 2 where its epochs are shorter than the spacing
+#: (:func:`reach_bracket`), not just "by 30 s"
 EARLY_EVALUATIONS = (1 / 160, 1 / 80, 1 / 40, 1 / 20)
 
 #: seconds a cell may spend before its first epoch starts (set-up, the untrained policy's

@@ -15,6 +15,7 @@ row.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -133,12 +134,21 @@ def _number(x) -> str:
     return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
 
 
+def _bound(x: float, up: bool) -> str:
+    """``x`` to 2 significant digits below 10 (whole numbers above), rounded outwards: down for a
+    lower bound, up for an upper one, so the printed bracket still holds the computed one."""
+    digits = 0 if x >= 10 else max(1 - math.floor(math.log10(x)), 0) if x > 0 else 0
+    scaled = x * 10 ** digits
+    value = (math.ceil(scaled) if up else math.floor(scaled)) / 10 ** digits
+    return f"{value:.{digits}f}"
+
+
 def _speedup_text(bracket: dict | None) -> str:
-    """``lo–hi``, ``≥ lo`` (unbounded above) or ``—`` (undefined)."""
+    """``lo–hi``, ``≥ lo`` (unbounded above) or ``—`` (undefined), rounded outwards."""
     if bracket is None:
         return "—"
     lo, hi = bracket["at_least"], bracket["at_most"]
-    return f"≥ {_number(lo)}" if hi is None else f"{_number(lo)}–{_number(hi)}"
+    return f"≥ {_bound(lo, False)}" if hi is None else f"{_bound(lo, False)}–{_bound(hi, True)}"
 
 
 def claims_markdown(checks: list, cols: list) -> str:
