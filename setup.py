@@ -22,7 +22,6 @@ PACKAGES = [name for root, folder in PACKAGE_DIR.items()
             for name in [root] + [f"{root}.{sub}" for sub in find_packages(folder)]]
 
 
-
 class BuildPyWithRevision(build_py):
     """``build_py`` that stamps the source checkout's revision into the built package."""
 

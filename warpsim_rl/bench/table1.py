@@ -137,7 +137,7 @@ def _number(x) -> str:
 def _bound(x: float, up: bool) -> str:
     """``x`` to 2 significant digits below 10 (whole numbers above), rounded outwards: down for a
     lower bound, up for an upper one, so the printed bracket still holds the computed one."""
-    digits = 0 if x >= 10 else max(1 - math.floor(math.log10(x)), 0) if x > 0 else 0
+    digits = 0 if x >= 10 or x <= 0 else 1 - math.floor(math.log10(x))  # decimals for 2 significant digits
     scaled = x * 10 ** digits
     value = (math.ceil(scaled) if up else math.floor(scaled)) / 10 ** digits
     return f"{value:.{digits}f}"
@@ -155,7 +155,7 @@ def claims_markdown(checks: list, cols: list) -> str:
     """The claims table of :func:`report`: per row PODS ≥ SAC, SAC > PPO, the training times to
     SAC's final reward (s of the budget's clock, each column's first evaluation there), PODS'
     speed-up over SAC as the bracket its evaluations allow (:func:`_claims`), whether PODS is
-    ≥ 10× sooner (True / False / ``?`` where the bracket straddles 10), and the terminal kinetic
+    ≥ 10× sooner (True / False / ``?``, as :func:`_claims` decides), and the terminal kinetic
     energy of every column (J); ``—`` where a column or the quantity is missing."""
     pods_cols = [c for c in cols if c.startswith("PODS")]
     lines = ["| row | PODS ≥ SAC | SAC > PPO | time to SAC's final: " + " / ".join(["SAC"] + pods_cols)
@@ -184,8 +184,10 @@ def _claims(row: str, final: dict) -> dict:
     speed-up is bracketed accordingly, over the seeds both have: at least SAC's mean earliest time
     over the column's mean latest, at most SAC's mean latest over the column's mean earliest
     (``at_most`` ``None``: unbounded, the column was there at its first evaluation). It is
-    ``None`` where a seed never reached the level, or where SAC's mean time is 0 (SAC ended at or
-    below its first evaluation: it never improved, and there is nothing to be faster at).
+    ``None`` where a seed never reached the level, where SAC's mean time is 0 (SAC ended at or
+    below its first evaluation: it never improved, and there is nothing to be faster at), or where
+    the column's is 0 (its untrained policy was there already). A SAC seed that never improved
+    counts 0 for SAC and for the column on that seed.
     ``pods_10x_sooner``: True if a PODS column's speed-up is at least 10, False if every defined
     one is below 10, ``"?"`` otherwise (``"—"``: none is defined)."""
     out = {"row": row}
