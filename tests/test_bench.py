@@ -2,6 +2,9 @@
 the cheap ones run end to end at tiny sizes."""
 
 import json
+import os
+import signal
+import sys
 
 import pytest
 
@@ -267,7 +270,6 @@ def test_first_epoch_watchdog_stops_a_run_started_with_sigint_ignored(tmp_path):
     """A runner started in the background (``cmd &``) has SIGINT ignored, and Python's interrupt
     of the main thread does nothing there: the watchdog still stops the run, and leaves SIGINT
     ignored afterwards."""
-    import signal
     import time
 
     from warpsim_rl.bench.grid import FirstEpochWatchdog
@@ -298,6 +300,62 @@ def test_a_cell_whose_first_epoch_overruns_is_stopped_and_recorded_as_budget_too
     assert cell["status"] == "budget_too_small" and cell["first_epoch_s"] is None
     assert cell["first_epoch_over_s"] > 1.0 and not (folder / "results.json").exists()
     assert grid.too_small([cell]) == f"budget too small (1 epoch > {cell['first_epoch_over_s']:.0f} s)"
+
+
+_ORPHAN_RUNNER = '''
+import os, sys, time
+from warpsim_rl.bench.grid import cell_pool
+
+def cell(path):
+    open(path + ".tmp", "w").write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with cell_pool(1) as pool:
+        pool.submit(cell, sys.argv[1]).result()
+'''
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_a_cell_worker_ends_when_its_runner_is_killed(tmp_path):
+    """A grid runner killed from outside takes its cell workers with it: an orphaned worker went
+    on writing the run folder from which a new runner resumed the same cell. Without
+    ``end_with_parent`` the worker below would sleep on for two minutes."""
+    import subprocess
+    import time
+
+    script, pidfile = tmp_path / "runner.py", tmp_path / "worker.pid"
+    script.write_text(_ORPHAN_RUNNER)
+    runner = subprocess.Popen([sys.executable, str(script), str(pidfile)])
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while not pidfile.exists() and runner.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pidfile.exists(), "the worker never started"
+        worker = int(pidfile.read_text())
+        assert _alive(worker)
+        runner.kill()
+        runner.wait()
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker), "the cell's worker outlived its runner"
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 def _curve_cell(seed, curve, ke=0.0):

@@ -32,6 +32,7 @@ from .kernels.linalg import fixed_band
 from .model import Control, Model, State, scratch_array
 from .shards import env_columns, env_rows
 from .sim import ActionError, Simulator
+from .views import TensorViews
 
 __all__ = ["Differentiator", "GradientError", "TorchSimulator", "recomputed"]
 
@@ -153,7 +154,7 @@ class Differentiator:
         m = self.model
 
         def backward():
-            _raise_if_failed(status, "tape backward")
+            _raise_if_failed(status.numpy(), "tape backward")
             k_grad = m.stiffness.grad if m.stiffness.grad is not None else _scratch_like(self, "k", m.stiffness)
             m_grad = m.mass.grad if m.mass.grad is not None else _scratch_like(self, "m", m.mass)
             self.vjp(state_in.arrays(), control.action, state_out.arrays(),
@@ -175,8 +176,7 @@ def _scratch_like(diff: Differentiator, key: str, arr: wp.array) -> wp.array:
     return buf
 
 
-def _raise_if_failed(status: wp.array, what: str) -> None:
-    st = status.numpy()
+def _raise_if_failed(st: np.ndarray, what: str) -> None:
     bad = np.flatnonzero(st != STATUS_OK)
     if bad.size:
         reasons = sorted({STATUS_NAMES[int(c)] for c in st[bad]})
@@ -197,11 +197,11 @@ class _StepFunction(torch.autograd.Function):
         wins = [tsim._wp(t) for t in (x, v, xp, vp)]
         wouts = [tsim._wp(t) for t in outs]
         wa = tsim._wp(action)
-        wk = wp.from_torch(stiffness, requires_grad=False) if stiffness is not None else None
-        wm = wp.from_torch(mass, requires_grad=False) if mass is not None else None
+        wk = tsim._wp_scalar(stiffness) if stiffness is not None else None
+        wm = tsim._wp_scalar(mass) if mass is not None else None
         with tsim.stream_scope():
             tsim.sim.launch(wins, wa, wouts, stiffness=wk, mass=wm, cache=False)
-            status = wp.clone(tsim.sim.status)
+        status = tsim.status.clone()
         if tsim.check:
             tsim.sim.check(last_step_only=True)
         ctx.tsim = tsim
@@ -218,7 +218,7 @@ class _StepFunction(torch.autograd.Function):
         tsim = ctx.tsim
         x, v, xp, vp, action, x1, v1, k, mass = ctx.saved_tensors
         if not tsim.zero_failed_grads:
-            _raise_if_failed(ctx.status, "backward")
+            _raise_if_failed(ctx.status.cpu().numpy(), "backward")
         grads_out = [g.contiguous() if g is not None else torch.zeros_like(x) for g in (gx, gv, gxp, gvp)]
         grads_in = [torch.zeros_like(x) for _ in range(4)]
         g_action = torch.zeros_like(action)
@@ -229,12 +229,12 @@ class _StepFunction(torch.autograd.Function):
         with tsim.stream_scope():
             d.vjp([tsim._wp(t) for t in (x, v, xp, vp)], tsim._wp(action), [tsim._wp(x1), tsim._wp(v1)],
                   [tsim._wp(g) for g in grads_out], [tsim._wp(g) for g in grads_in], tsim._wp(g_action),
-                  wp.from_torch(g_k, requires_grad=False), wp.from_torch(g_m, requires_grad=False),
-                  stiffness=wp.from_torch(k, requires_grad=False) if ctx.has_k else None,
-                  mass=wp.from_torch(mass, requires_grad=False) if ctx.has_m else None)
+                  tsim._wp_scalar(g_k), tsim._wp_scalar(g_m),
+                  stiffness=tsim._wp_scalar(k) if ctx.has_k else None,
+                  mass=tsim._wp_scalar(mass) if ctx.has_m else None)
         if tsim.zero_failed_grads:
             # envs whose step failed or whose Hessian did not factor contribute nothing
-            bad = (wp.to_torch(ctx.status) != STATUS_OK) | (wp.to_torch(d.ok) == 0)
+            bad = (ctx.status != STATUS_OK) | (tsim.hessian_ok == 0)
             keep = (~bad).to(x.dtype)
             grads_in = [torch.where(bad[:, None, None], torch.zeros_like(g), g) for g in grads_in]
             g_action = torch.where(bad[:, None, None], torch.zeros_like(g_action), g_action)
@@ -286,7 +286,7 @@ class TorchSimulator:
 
     Tensors: positions/velocities/history ``(E, n, dim)``, actions ``(E, h, dim)``, optional
     per-env ``stiffness`` (E, m) and ``mass`` (E, n), all on ``model.device`` in ``model.dtype``
-    (zero-copy through ``wp.from_torch``). ``check=True`` raises
+    (zero-copy, through cached descriptors: :mod:`warpsim_rl.views`). ``check=True`` raises
     :class:`~warpsim_rl.sim.SimulationError` on a non-converged forward step (one host sync per
     step). A backward pass through a step that failed in some env raises :class:`GradientError`,
     unless ``zero_failed_grads=True``: then those envs' gradient rows are zero (the step core's
@@ -302,6 +302,11 @@ class TorchSimulator:
         self.check = check
         self.torch_device = torch.device(wp.device_to_torch(model.device))
         self.torch_dtype = torch.float32 if model.dtype == wp.float32 else torch.float64
+        self._views = TensorViews(model.device)
+        #: (E,) int32 torch views of the last step's status and of the last derivative launch's
+        #: Hessian flags (``Simulator.status``, ``Differentiator.ok``), read without a new wrapper
+        self.status = wp.to_torch(self.sim.status)
+        self.hessian_ok = wp.to_torch(self.diff.ok)
 
     def stream_scope(self):
         """Run Warp launches on torch's current CUDA stream (a no-op on the CPU), so kernels and
@@ -311,7 +316,12 @@ class TorchSimulator:
         return contextlib.nullcontext()
 
     def _wp(self, t: torch.Tensor) -> wp.array:
-        return wp.from_torch(t, dtype=self.model.vec, requires_grad=False)
+        """The (E, n) vec array of an (E, n, dim) tensor (a cached descriptor, :mod:`warpsim_rl.views`)."""
+        return self._views(t, self.model.vec)
+
+    def _wp_scalar(self, t: torch.Tensor) -> wp.array:
+        """The array of a tensor of the model's scalar type, of the same shape (a cached descriptor)."""
+        return self._views(t, self.model.dtype)
 
     def _validate(self, name: str, t, shape) -> torch.Tensor:
         err = ActionError if name == "action" else ValueError
@@ -446,10 +456,9 @@ class TorchSimulator:
         with self.stream_scope():
             self.diff.jacobians(
                 [self._wp(t.contiguous()) for t in (x, v, x_prev, v_prev)], self._wp(action.contiguous()),
-                [self._wp(nxt[0]), self._wp(nxt[1])], wp.from_torch(A, requires_grad=False),
-                wp.from_torch(B, requires_grad=False),
-                stiffness=wp.from_torch(stiffness, requires_grad=False) if stiffness is not None else None,
-                mass=wp.from_torch(mass, requires_grad=False) if mass is not None else None)
+                [self._wp(nxt[0]), self._wp(nxt[1])], self._wp_scalar(A), self._wp_scalar(B),
+                stiffness=self._wp_scalar(stiffness) if stiffness is not None else None,
+                mass=self._wp_scalar(mass) if mass is not None else None)
         if self.check:
             self.diff.check_ok("jacobians")
         return nxt, A, B

@@ -143,7 +143,6 @@ class StepCore:
         self.counter = StepCounter() if counter is None else counter
         self.model = task_model(task, num_envs, device, dtype, threads)
         self.tsim = TorchSimulator(self.model, check=False, zero_failed_grads=True)
-        self._status = wp.to_torch(self.tsim.sim.status)
         self.sim = self.tsim.sim
         self.num_envs = int(num_envs)
         self.device = self.tsim.torch_device
@@ -247,7 +246,7 @@ class StepCore:
     def _step_executed(self, state, a: torch.Tensor, jacobians: bool) -> Transition:
         if jacobians:
             nxt, A, B = self.tsim.jacobians(*state, a, validate=False)
-            singular = wp.to_torch(self.tsim.diff.ok) == 0
+            singular = self.tsim.hessian_ok == 0
             nxt = self._freeze_failed(state, nxt)
             return Transition(nxt, a, self.reward(nxt, a), A, B, singular)
         nxt = self._freeze_failed(state, self.tsim.step(*state, a, validate=False))
@@ -258,7 +257,7 @@ class StepCore:
         environment rolls them back), so no NaN reaches a reward, an observation or a policy; the
         failure stays recorded (:meth:`failures`) and their gradient rows are zero. A device-side
         select, no host sync."""
-        failed = (self._status != 0)[:, None, None]
+        failed = (self.tsim.status != 0)[:, None, None]
         return tuple(torch.where(failed, s, n) for s, n in zip(state, nxt))
 
     def advance(self, state_in: State, control: Control, state_out: State) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from ..usd import atomic_write
 from .common import git_revision, machine_info, stderr_log
 
-__all__ = ["run_grid", "run_cell", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key", "reach_bracket",
+__all__ = ["run_grid", "run_cell", "cell_pool", "end_with_parent", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key", "reach_bracket",
            "stats", "too_small", "plot_row"]
 
 
@@ -174,6 +174,33 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
             **{k: res[k] for k in keep}, "curve": res["curve"]}
 
 
+def cell_pool(jobs: int) -> cf.ProcessPoolExecutor:
+    """The worker processes of the cells: ``jobs`` spawned processes that end with this one
+    (:func:`end_with_parent`)."""
+    return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=end_with_parent,
+                                  initargs=(os.getpid(),))
+
+
+def end_with_parent(parent: int) -> None:
+    """Initializer of a cell's worker process: end it when the grid's process ``parent`` ends.
+
+    A runner killed from outside (``kill``, a session's end) used to leave its cells running as
+    orphans, which went on writing into their run folders while a new runner resumed the same
+    cells there. On Linux the kernel now sends the worker SIGTERM when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``), and a worker whose parent died before that took effect exits.
+    A cell writes its files atomically, so the killed cell resumes from its last checkpoint."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _cached(cell: dict | None, budget_s: float, clock: str) -> bool:
     """Whether ``cell`` (from the cache) is a result of this budget and clock: an ``"error"`` cell
     is not (it is run again)."""
@@ -248,8 +275,7 @@ def run_grid(name: str, rows: dict, cols: dict, row_names=None, col_names=None, 
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_cache(path, data)
     t_start = time.perf_counter()
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with cell_pool(jobs) as pool:
         futures = {pool.submit(run_cell, r, *rows[r], c, *cols[c], s, budget_s, str(run_folder(r, c, s)), clock):
                    (r, c, s)
                    for r, c, s in todo}
