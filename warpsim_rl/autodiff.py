@@ -201,7 +201,7 @@ class _StepFunction(torch.autograd.Function):
         wm = tsim._wp_scalar(mass) if mass is not None else None
         with tsim.stream_scope():
             tsim.sim.launch(wins, wa, wouts, stiffness=wk, mass=wm, cache=False)
-        status = tsim.status.clone()
+        status = tsim.status_view.clone()
         if tsim.check:
             tsim.sim.check(last_step_only=True)
         ctx.tsim = tsim
@@ -234,7 +234,7 @@ class _StepFunction(torch.autograd.Function):
                   mass=tsim._wp_scalar(mass) if ctx.has_m else None)
         if tsim.zero_failed_grads:
             # envs whose step failed or whose Hessian did not factor contribute nothing
-            bad = (ctx.status != STATUS_OK) | (tsim.hessian_ok == 0)
+            bad = (ctx.status != STATUS_OK) | (tsim.hessian_ok_view == 0)
             keep = (~bad).to(x.dtype)
             grads_in = [torch.where(bad[:, None, None], torch.zeros_like(g), g) for g in grads_in]
             g_action = torch.where(bad[:, None, None], torch.zeros_like(g_action), g_action)
@@ -303,10 +303,10 @@ class TorchSimulator:
         self.torch_device = torch.device(wp.device_to_torch(model.device))
         self.torch_dtype = torch.float32 if model.dtype == wp.float32 else torch.float64
         self._views = TensorViews(model.device)
-        #: (E,) int32 torch views of the last step's status and of the last derivative launch's
-        #: Hessian flags (``Simulator.status``, ``Differentiator.ok``), read without a new wrapper
-        self.status = wp.to_torch(self.sim.status)
-        self.hessian_ok = wp.to_torch(self.diff.ok)
+        #: (E,) int32 live torch views (no copies) of the last step's status and of the last
+        #: derivative launch's Hessian flags (``Simulator.status``, ``Differentiator.ok``)
+        self.status_view = wp.to_torch(self.sim.status)
+        self.hessian_ok_view = wp.to_torch(self.diff.ok)
 
     def stream_scope(self):
         """Run Warp launches on torch's current CUDA stream (a no-op on the CPU), so kernels and
@@ -453,9 +453,11 @@ class TorchSimulator:
             nxt = self.step(x, v, x_prev, v_prev, action, stiffness, mass, validate=validate)
         A = torch.empty((m.num_envs, m.num_state, m.num_state), dtype=self.torch_dtype, device=self.torch_device)
         B = torch.empty((m.num_envs, m.num_state, m.num_actions), dtype=self.torch_dtype, device=self.torch_device)
+        inputs = [t.contiguous() for t in (x, v, x_prev, v_prev)]  # bound: a descriptor keeps no copy alive
+        action = action.contiguous()
         with self.stream_scope():
             self.diff.jacobians(
-                [self._wp(t.contiguous()) for t in (x, v, x_prev, v_prev)], self._wp(action.contiguous()),
+                [self._wp(t) for t in inputs], self._wp(action),
                 [self._wp(nxt[0]), self._wp(nxt[1])], self._wp_scalar(A), self._wp_scalar(B),
                 stiffness=self._wp_scalar(stiffness) if stiffness is not None else None,
                 mass=self._wp_scalar(mass) if mass is not None else None)

@@ -144,6 +144,7 @@ class StepCore:
         self.model = task_model(task, num_envs, device, dtype, threads)
         self.tsim = TorchSimulator(self.model, check=False, zero_failed_grads=True)
         self.sim = self.tsim.sim
+        self._first_failure_view = wp.to_torch(self.sim.first_failure_step)  # live (E,) view
         self.num_envs = int(num_envs)
         self.device = self.tsim.torch_device
         self.dtype = self.tsim.torch_dtype
@@ -183,7 +184,7 @@ class StepCore:
 
     def failures(self, clear: bool = True) -> torch.Tensor:
         """(E,) bool: envs whose Newton solve failed since the last clear (a copy)."""
-        failed = (wp.to_torch(self.sim.first_failure_step) >= 0).clone()
+        failed = self._first_failure_view >= 0
         if clear:
             self.sim.clear_failures()
         return failed
@@ -246,7 +247,7 @@ class StepCore:
     def _step_executed(self, state, a: torch.Tensor, jacobians: bool) -> Transition:
         if jacobians:
             nxt, A, B = self.tsim.jacobians(*state, a, validate=False)
-            singular = self.tsim.hessian_ok == 0
+            singular = self.tsim.hessian_ok_view == 0
             nxt = self._freeze_failed(state, nxt)
             return Transition(nxt, a, self.reward(nxt, a), A, B, singular)
         nxt = self._freeze_failed(state, self.tsim.step(*state, a, validate=False))
@@ -257,7 +258,7 @@ class StepCore:
         environment rolls them back), so no NaN reaches a reward, an observation or a policy; the
         failure stays recorded (:meth:`failures`) and their gradient rows are zero. A device-side
         select, no host sync."""
-        failed = (self.tsim.status != 0)[:, None, None]
+        failed = (self.tsim.status_view != 0)[:, None, None]
         return tuple(torch.where(failed, s, n) for s, n in zip(state, nxt))
 
     def advance(self, state_in: State, control: Control, state_out: State) -> None:

@@ -1,16 +1,18 @@
 """Warp descriptors of torch tensors, cached by memory address: the torch bridge's cheap
 ``wp.from_torch``.
 
-A differentiable step hands Warp about 9 tensors forward and 19 backward. ``wp.from_torch`` builds a
+A differentiable step hands Warp 9 tensors forward and 18 backward (11 and 20 with per-env
+stiffnesses and masses). ``wp.from_torch`` builds a
 new ``wp.array`` for each (about 10-30 µs on this project's CPU VM), so at small and moderate env
 counts the bridge's Python cost exceeded the kernels' (docs/results.md, "The torch bridge's
 per-step cost"). A :class:`TensorViews` returns, for a tensor, a descriptor ``wp.array`` of the same
 memory that does not own it, and keeps it: the next tensor at the same address with the same shape,
 strides and dtype (the allocator reuses freed blocks, step after step) gets the same object back.
 Reuse is sound because a descriptor means nothing but "these bytes, read as this shape": whichever
-tensor now owns them, the caller keeps it alive while the descriptor is used. Stable descriptor
-objects also let a caller replay a recorded launch (``wp.Launch``) keyed by their ids
-(:class:`~warpsim_rl.shards.LaunchCache`) instead of packing its arguments anew.
+tensor now owns them, the caller keeps it alive while the descriptor is used. A descriptor does not
+keep its tensor alive (``wp.from_torch``'s array does): bind a temporary copy, e.g. of
+``t.contiguous()``, to a name until the launch has run. Do not record a launch with descriptors
+for later replay either: a replay would read whatever owns the addresses by then.
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ class TensorViews:
     ``(address, shape, strides, dtype)``; the least recently used of more than ``capacity`` is
     dropped.
 
-    Only use the returned array while ``t`` (or whatever tensor owns its memory) is alive."""
+    Only use the returned array while ``t`` (or whatever tensor owns its memory) is alive. Not
+    thread-safe: one per simulator, called from the thread that steps it."""
 
     def __init__(self, device, capacity: int = 2048):
         self.device = wp.get_device(device)
+        self._torch_device = torch.device(wp.device_to_torch(self.device))
         self.capacity = int(capacity)
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def __call__(self, t: torch.Tensor, dtype) -> wp.array:
-        key = (t.data_ptr(), t.shape, t.stride(), dtype)
+        key = (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device, dtype)
         arr = self._cache.get(key)
         if arr is not None:
             self._cache.move_to_end(key)
@@ -53,6 +57,8 @@ class TensorViews:
         return arr
 
     def _describe(self, t: torch.Tensor, dtype) -> wp.array:
+        if t.device != self._torch_device:
+            raise TypeError(f"a tensor on {t.device} cannot be read on Warp's {self.device}")
         scalar = getattr(dtype, "_wp_scalar_type_", dtype)
         if wp.dtype_from_torch(t.dtype) is not scalar:
             raise TypeError(f"a tensor of {t.dtype} cannot be read as {dtype}")

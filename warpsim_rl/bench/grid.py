@@ -35,8 +35,8 @@ import numpy as np
 from ..usd import atomic_write
 from .common import git_revision, machine_info, stderr_log
 
-__all__ = ["run_grid", "run_cell", "cell_pool", "end_with_parent", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key", "reach_bracket",
-           "stats", "too_small", "plot_row"]
+__all__ = ["run_grid", "run_cell", "cell_pool", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key",
+           "reach_bracket", "stats", "too_small", "plot_row"]
 
 
 def check_names(names, valid, what: str) -> list[str]:
@@ -176,7 +176,9 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
 
 def cell_pool(jobs: int) -> cf.ProcessPoolExecutor:
     """The worker processes of the cells: ``jobs`` spawned processes that end with this one
-    (:func:`end_with_parent`)."""
+    (:func:`end_with_parent`). The kernel signals a worker when the *thread* that started it ends;
+    ``concurrent.futures`` starts the workers in ``submit``, so submit from a thread that outlives
+    the pool (``run_grid`` submits from its own)."""
     return cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=end_with_parent,
                                   initargs=(os.getpid(),))
 
@@ -196,7 +198,11 @@ def end_with_parent(parent: int) -> None:
         import ctypes
 
         PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM)) != 0:
+            import warnings
+
+            warnings.warn(f"prctl(PR_SET_PDEATHSIG) failed (errno {ctypes.get_errno()}): this cell's process "
+                          f"may outlive its runner", RuntimeWarning, stacklevel=1)
     if os.getppid() != parent:
         os._exit(1)
 

@@ -92,7 +92,6 @@ class WarpSimEnv:
         self._cur = 0
         self.control = m.control()
         self._action_view = wp.to_torch(self.control.action)  # (E, max(h,1), dim)
-        self._status = wp.to_torch(self.sim.status)
         self._rng = np.random.default_rng(seed)
         self.episode_step = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         self._has_reset = False
@@ -231,7 +230,7 @@ class WarpSimEnv:
         with self._stream():
             self.core.advance(self._states[self._cur], self.control, self._states[nxt])
         self._cur = nxt
-        diverged = self._status != 0
+        diverged = self.core.tsim.status_view != 0
         any_div = bool(diverged.any())
         if any_div:
             self._roll_back(diverged)
