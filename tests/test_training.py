@@ -642,11 +642,17 @@ def test_ctrl_c_dropped_by_a_finaliser_still_stops_the_run(tmp_path, capsys, mon
 
     monkeypatch.setattr(PODS, "train_epoch", train_epoch)
     out = tmp_path / "run"
-    assert main([*TINY, "--epochs", "5", "--out", str(out)]) == 130
+    # Python's own handler, whatever this process inherited: a shell starts background jobs with
+    # SIGINT ignored, and train() then rightly leaves it ignored (the signal would be lost)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main([*TINY, "--epochs", "5", "--out", str(out)]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert len(calls) == 2 and "Exception ignored" not in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted at epoch 2 of 5; checkpoint written at epoch 2;")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_a_run_folder_is_not_overwritten_unless_asked(tmp_path, capsys):
