@@ -244,8 +244,9 @@ def test_float32_error_keeps_falling_to_half_a_millisecond(problem, dts):
     assert all(a < 1.25 * b for a, b in zip(e32, e64)), (e32, e64)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="a float32 floor of about 1e-5 m remains from storing absolute float32 "
-                                       "positions (docs/results.md, 'Error-controlled Newton stop and the float32 floor')")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="a float32 floor of about 1e-5 m remains from storing absolute float32 positions "
+                          "(docs/results.md, 'Error-controlled Newton stop and the float32 floor')")
 def test_float32_error_of_the_prestretched_pendulum_keeps_falling():
     """Started at its static stretch (no stretch mode excited), the pendulum's float32 error should
     fall from dt 1 ms to 0.5 ms as float64's does (1.15e-5 -> 2.9e-6 m); it rises instead

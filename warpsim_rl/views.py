@@ -2,17 +2,17 @@
 ``wp.from_torch``.
 
 A differentiable step hands Warp 9 tensors forward and 18 backward (11 and 20 with per-env
-stiffnesses and masses). ``wp.from_torch`` builds a
-new ``wp.array`` for each (about 10-30 µs on this project's CPU VM), so at small and moderate env
-counts the bridge's Python cost exceeded the kernels' (docs/results.md, "The torch bridge's
-per-step cost"). A :class:`TensorViews` returns, for a tensor, a descriptor ``wp.array`` of the same
-memory that does not own it, and keeps it: the next tensor at the same address with the same shape,
-strides and dtype (the allocator reuses freed blocks, step after step) gets the same object back.
-Reuse is sound because a descriptor means nothing but "these bytes, read as this shape": whichever
-tensor now owns them, the caller keeps it alive while the descriptor is used. A descriptor does not
-keep its tensor alive (``wp.from_torch``'s array does): bind a temporary copy, e.g. of
-``t.contiguous()``, to a name until the launch has run. Do not record a launch with descriptors
-for later replay either: a replay would read whatever owns the addresses by then.
+stiffnesses and masses). ``wp.from_torch`` builds a new ``wp.array`` for each (about 10-30 µs on
+this project's CPU VM), so at small and moderate env counts the bridge's Python cost exceeded the
+kernels' (docs/results.md, "The torch bridge's per-step cost"). A :class:`TensorViews` returns, for
+a tensor, a descriptor ``wp.array`` of the same memory that does not own it, and keeps it: the next
+tensor at the same address with the same shape, strides, dtype and device (the allocator reuses
+freed blocks, step after step) gets the same object back. Reuse is sound because a descriptor means
+nothing but "these bytes, read as this shape": whichever tensor now owns them, the caller keeps it
+alive while the descriptor is used. A descriptor does not keep its tensor alive (``wp.from_torch``'s
+array does): bind a temporary copy, e.g. of ``t.contiguous()``, to a name until the launch has run.
+Do not record a launch with descriptors for later replay either: a replay would read whatever owns
+the addresses by then.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ __all__ = ["TensorViews"]
 class TensorViews:
     """``views(t, dtype) -> wp.array``: a non-owning descriptor of tensor ``t`` read as Warp
     ``dtype`` (a scalar type, or a vector type whose length is ``t``'s last dimension), cached by
-    ``(address, shape, strides, dtype)``; the least recently used of more than ``capacity`` is
-    dropped.
+    ``(address, shape, strides, torch dtype, device, dtype)``; the least recently used of more than
+    ``capacity`` is dropped.
 
     Only use the returned array while ``t`` (or whatever tensor owns its memory) is alive. Not
     thread-safe: one per simulator, called from the thread that steps it."""
