@@ -1,5 +1,6 @@
 """PODS / BPTT internals and the train.py entry point."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -336,18 +337,27 @@ def test_train_py_bad_input(tmp_path):
     assert r.returncode != 0 and "malformed TOML" in r.stderr
 
 
-@pytest.mark.parametrize("check", [True, False])
-def test_policy_check_restores_a_worse_regressed_policy(check):
+@pytest.mark.parametrize("check,fallback", [(True, "none"), (True, "gradient"), (False, "none")])
+def test_policy_check_restores_a_worse_regressed_policy(check, fallback):
     """With ``policy_check`` a regression that lowers the closed-loop return on the epoch's initial
-    states is undone (weights, observation statistics, Adam state); without it the bad policy stays."""
+    states is undone (weights, observation statistics, Adam state), also after the fallback's BPTT
+    pass when its step lowers the return too (here along the reversed closed-loop gradient);
+    without the check the bad policy stays."""
     from warpsim_rl.algos import PODS
 
     alg = PODS(make_task("pendulum2d-stop", horizon=20), RunConfig(num_envs=8, horizon=20),
-               algo_config("pods2", regression_steps=3, policy_check=check))
+               algo_config("pods2", regression_steps=3, policy_check=check, check_fallback=fallback))
     alg.train_epoch()  # Adam has state, the normaliser has statistics
     before = {k: v.clone() for k, v in alg.policy.state_dict().items()}
-    adam = alg.optimizer.state_dict()["state"][0]["exp_avg"].clone()
-    original = alg.regress
+    adam = {k: v.clone() for k, v in alg.optimizer.state_dict()["state"][0].items()}
+    original, gradient = alg.regress, alg._closed_loop_gradient
+    reversed_calls = []
+
+    def reversed_gradient(state0):
+        reversed_calls.append(1)
+        return {k: -g for k, g in gradient(state0).items()}
+
+    alg._closed_loop_gradient = reversed_gradient
 
     def sabotage(X, Y):
         loss = original(X, Y)
@@ -360,8 +370,10 @@ def test_policy_check_restores_a_worse_regressed_policy(check):
     after = alg.policy.state_dict()
     if check:
         assert m["train/policy_accepted"] == 0 and m["train/policy_gain"] < 0
-        assert all(torch.equal(before[k], after[k]) for k in before)
-        assert torch.equal(alg.optimizer.state_dict()["state"][0]["exp_avg"], adam)
+        assert m["train/policy_fallback"] == 0.0 and len(reversed_calls) == (fallback == "gradient")
+        assert all(torch.equal(before[k], after[k]) for k in before)  # weights and normaliser
+        state = alg.optimizer.state_dict()["state"][0]
+        assert all(torch.equal(state[k], adam[k]) for k in adam)
     else:
         assert "train/policy_accepted" not in m
         assert not torch.equal(before["net.4.bias"], after["net.4.bias"])
@@ -403,6 +415,22 @@ def test_policy_check_backtracks_on_the_regression_step(backtracks, step):
         assert all(torch.equal(after[k], saved[0][k]) for k in after if k != "net.4.bias" and "normalizer" not in k)
     else:
         assert all(torch.equal(after[k], saved[0][k]) for k in after)
+
+
+def test_an_old_run_resumes_with_the_behaviour_it_ran_with():
+    """A stored PODS configuration from before ``check_fallback`` / ``gn_solver`` existed resumes
+    with the behaviour it ran with (no fallback, the dense solve), not today's defaults; a stored
+    value wins, and an algorithm without such fields gets its own defaults."""
+    from warpsim_rl.training import configs_from_checkpoint
+
+    run = dataclasses.asdict(RunConfig(algo="pods2"))
+    _, cfg = configs_from_checkpoint({"config": {"run": run, "algo": {"line_search": 4}}})
+    assert (cfg.check_fallback, cfg.gn_solver, cfg.line_search) == ("none", "dense", 4)
+    assert algo_config("pods2").check_fallback == "gradient"
+    _, cfg = configs_from_checkpoint({"config": {"run": run, "algo": {"check_fallback": "gradient"}}})
+    assert (cfg.check_fallback, cfg.gn_solver) == ("gradient", "dense")
+    _, cfg = configs_from_checkpoint({"config": {"run": dataclasses.asdict(RunConfig(algo="bptt")), "algo": {}}})
+    assert cfg == algo_config("bptt")
 
 
 def test_policy_check_falls_back_to_the_closed_loop_gradient():

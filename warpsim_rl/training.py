@@ -138,9 +138,13 @@ def load_checkpoint(path: str | Path, what: str = "resume") -> dict:
 
 
 def configs_from_checkpoint(ckpt: dict) -> tuple[RunConfig, AlgoConfig]:
-    """The run and algorithm configurations a checkpoint (or a ``config.json``) was written with."""
+    """The run and algorithm configurations a checkpoint (or a ``config.json``) was written with;
+    an algorithm field the stored configuration predates gets the behaviour it ran with
+    (``Config.LEGACY``), not today's default."""
     run = RunConfig(**ckpt["config"]["run"])
-    return run, algo_config(run.algo, **ckpt["config"]["algo"])
+    stored = ckpt["config"]["algo"]
+    legacy = ALGORITHMS[run.algo][0].Config.LEGACY if run.algo in ALGORITHMS else {}
+    return run, algo_config(run.algo, **{**{k: v for k, v in legacy.items() if k not in stored}, **stored})
 
 
 def _task_of(run: RunConfig):

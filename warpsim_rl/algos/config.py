@@ -18,6 +18,7 @@ import inspect
 import math
 import textwrap
 from pathlib import PurePath
+from typing import ClassVar
 
 from ..shards import check_threads
 from .schedules import LR_SCHEDULES
@@ -218,6 +219,11 @@ class RunConfig:
 @dataclasses.dataclass
 class AlgoConfig:
     """Options every algorithm has: the actor network and its optimiser."""
+
+    #: fields added after runs were first saved, each with the behaviour a stored configuration
+    #: that lacks it ran with (:func:`warpsim_rl.training.configs_from_checkpoint` fills them in, so
+    #: an old run resumes as it ran, not with a later default); a class attribute, not a field
+    LEGACY: ClassVar[dict] = {}
 
     hidden: tuple[int, ...] = (64, 64)
     """actor MLP hidden widths (the same for every algorithm: identical initial policies per seed)"""

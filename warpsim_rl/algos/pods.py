@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+from typing import ClassVar
 
 import torch
 
@@ -47,6 +49,10 @@ __all__ = ["PODS", "PODSConfig"]
 class PODSConfig(TrajectoryStepConfig, AlgoConfig):
     """PODS options (trajectory-space step, regression, policy check)."""
 
+    #: the Gauss-Newton solve before ``gn_solver`` (414f2ea) was the dense one; the policy check had
+    #: no fallback before ``check_fallback`` (8321d4a)
+    LEGACY: ClassVar[dict] = {"gn_solver": "dense", "check_fallback": "none"}
+
     lr: float = 1e-3
     """regression learning rate (tuned on pendulum2d-stop over {3e-4, 1e-3, 3e-3}, docs/results.md)"""
     lr_schedule: str = "linear"
@@ -59,14 +65,14 @@ class PODSConfig(TrajectoryStepConfig, AlgoConfig):
     """keep a regressed policy only if its batch return did not drop"""
     check_backtracks: int = 2
     """with policy_check: halvings of the regression's parameter step tried when the full step lowers
-    the batch return, before the old policy is kept (0: keep or revert)"""
+    the batch return, before the fallback and the old policy (0: the full step or nothing)"""
 
     check_fallback: str = "gradient"
     """with policy_check, when every regression step size lowers the batch return: 'gradient' tries
     a step along the closed-loop gradient of the batch return (one BPTT pass) whose first-order
     gain is the trajectory-space step's, with the same halvings, before the old policy is kept; 'none':
     keep the old policy, as before 2026-12-02 (docs/algorithms.md: the default since it unfroze
-    pendulum3d-stop seed 0, -20.99 -> -11.5 in 15 epochs)"""
+    pendulum3d-stop seed 0: -20.99 -> -10.51 in 25 epochs)"""
 
     def __post_init__(self):
         AlgoConfig.__post_init__(self)
@@ -137,8 +143,11 @@ class PODS(Algorithm):
         the batch's closed-loop return through policy and simulator (one BPTT pass from the same
         states), scaled so that its first-order gain is ``target``, the mean gain the
         trajectory-space step found on the batch (the improvement the regression was to carry
-        over), the same ``beta``; if that fails too, restore the old weights, observation statistics and optimiser
-        state. Regression (Eq. 7) is not guaranteed to carry the trajectory-space improvement over
+        over), the same ``beta``, with the new observation statistics kept (as in the halvings: ``g``
+        is taken at the old weights with the new statistics); if that fails too, restore the old
+        weights, observation statistics and optimiser state. Whenever the regression's own steps
+        are all rejected, the optimiser's state is the one from before the regression, also when
+        the fallback's step is kept. Regression (Eq. 7) is not guaranteed to carry the trajectory-space improvement over
         to the closed loop; this makes the batch return of ``pi_theta`` monotone, as PODS'
         improvement argument intends, without freezing a policy whose regressions keep lowering
         it (docs/algorithms.md)."""
@@ -161,7 +170,7 @@ class PODS(Algorithm):
                 p.copy_(old_params[k])
             grad = self._closed_loop_gradient(state0)
             norm2 = float(sum(g.square().sum() for g in grad.values()))
-            if norm2 > 0.0:
+            if math.isfinite(norm2) and norm2 > 0.0:  # else no usable direction: revert
                 for beta in betas:
                     for k, p in params.items():
                         p.copy_(old_params[k] + (beta * target / norm2) * grad[k])
