@@ -161,17 +161,18 @@ def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_
     from warpsim_rl.bench.table1 import report, table1
 
     cache = tmp_path / "t1.json"
-    data = table1(["2D Pendulum"], ["PPO"], [0], budget_s=1.0, cache=str(cache), progress=True)
+    data = table1(["2D Pendulum"], ["PPO"], [0], budget_s=4.0, cache=str(cache), progress=True)
     tiny = table1(["2D Pendulum"], ["PODS 500"], [0], budget_s=0.01, cache=str(tmp_path / "tiny.json"))
     ppo = data["cells"]["2D Pendulum | PPO | seed 0"]
-    assert ppo["status"] == "ok" and ppo["epochs"] >= 1 and ppo["curve"][-1]["time/train_cpu_s"] >= 1.0
+    assert ppo["status"] == "ok" and ppo["epochs"] >= 1 and ppo["curve"][-1]["time/train_cpu_s"] >= 4.0
+    assert ppo["host_speed"]["warp_env_steps_per_s"] > 1e4 and ppo["host_speed"]["torch_adam_steps_per_s"] > 1
     assert tiny["cells"]["2D Pendulum | PODS 500 | seed 0"]["status"] == "budget_too_small"
-    again = table1(["2D Pendulum"], ["PPO"], [0], budget_s=1.0, cache=str(cache), progress=True)
+    again = table1(["2D Pendulum"], ["PPO"], [0], budget_s=4.0, cache=str(cache), progress=True)
     assert again["cells"] == data["cells"]
     assert "0 cells to run (1 cached" in capsys.readouterr().err
     # a cell recorded as an error is run again; its finished run folder is resumed, not retrained
     cache.write_text(json.dumps(data | {"cells": {"2D Pendulum | PPO | seed 0": {**ppo, "status": "error"}}}))
-    rerun = table1(["2D Pendulum"], ["PPO"], [0], budget_s=1.0, cache=str(cache), progress=False)
+    rerun = table1(["2D Pendulum"], ["PPO"], [0], budget_s=4.0, cache=str(cache), progress=False)
     resumed = rerun["cells"]["2D Pendulum | PPO | seed 0"]
     assert resumed["status"] == "ok" and resumed["resumed_from_epoch"] == ppo["epochs"] == resumed["epochs"]
     assert resumed["reward"] == ppo["reward"] and resumed["curve"] == ppo["curve"]
@@ -184,6 +185,26 @@ def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_
         table1(["2D Pendulum"], ["SACC"], [0], cache=str(cache))
     with pytest.raises(ValueError, match="budget_s = 0: must be a positive"):
         table1(["2D Pendulum"], ["PPO"], [0], budget_s=0, cache=str(cache))
+
+
+def test_host_spread_names_the_cells_of_a_slower_or_faster_host():
+    """The reference is the median over the cells that measured their host; a cell more than 25 %
+    off in either measure is named with its ratio; older cells are counted as unmeasured."""
+    from warpsim_rl.bench.grid import host_spread, hosts_text
+
+    def cell(seed, warp, torch_rate):
+        return {"row": "r", "column": "c", "seed": seed,
+                "host_speed": {"warp_env_steps_per_s": warp, "torch_adam_steps_per_s": torch_rate}}
+
+    cells = [cell(0, 2.0e6, 100.0), cell(1, 2.2e6, 110.0), cell(2, 1.0e6, 100.0), cell(3, 2.0e6, 140.0),
+             cell(4, 1.9e6, 105.0), {"row": "r", "column": "c", "seed": 5}]
+    spread = host_spread(cells)
+    assert spread["reference"] == {"warp_env_steps_per_s": 2.0e6, "torch_adam_steps_per_s": 105.0}
+    assert list(spread["slower"]) == ["r | c | seed 2"] and spread["slower"]["r | c | seed 2"]["warp_env_steps_per_s"] == 0.5
+    assert list(spread["faster"]) == ["r | c | seed 3"] and spread["unmeasured"] == 1
+    text = hosts_text(spread)
+    assert "r | c | seed 2 (0.50×)" in text and "r | c | seed 3 (1.33×)" in text and "1 cells ran before" in text
+    assert host_spread(cells[-1:])["reference"] is None and "none of the 1 cells" in hosts_text(host_spread(cells[-1:]))
 
 
 def test_table1_rerun_supersedes_cached_cells_once(tmp_path):

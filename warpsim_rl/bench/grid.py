@@ -18,6 +18,12 @@ killed process) resumes from its run folder's checkpoint. A cell whose first epo
 longer than the budget is recorded with ``status = "budget_too_small"``, not as a result; one whose
 first epoch is still running after twice the budget (plus a minute for the set-up) is stopped
 there (:class:`FirstEpochWatchdog`) and recorded so, with ``first_epoch_over_s``.
+
+A CPU-time budget is equal compute only on one kind of host. A cache grows over several sittings,
+and a sitting may get a slower machine (2026-12-02: a VM 1.8-2x slower at the engine's steps
+than the one of the earlier cells). So every cell records the speed of its host,
+:func:`host_speed`, measured in its own process just before it trains, and :func:`host_spread`
+names the cells whose host was more than 25 % slower or faster than the cache's median.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from ..usd import atomic_write
 from .common import git_revision, machine_info, stderr_log
 
 __all__ = ["run_grid", "run_cell", "cell_pool", "FirstEpochWatchdog", "cell_key", "check_names", "clock_key",
-           "reach_bracket", "stats", "too_small", "plot_row"]
+           "reach_bracket", "stats", "too_small", "plot_row", "host_speed", "host_spread", "hosts_text"]
 
 
 def check_names(names, valid, what: str) -> list[str]:
@@ -130,6 +136,85 @@ class FirstEpochWatchdog:
         return False
 
 
+def host_speed() -> dict:
+    """This process's speed, on one core, at the two kinds of work a cell does (about 1 s, not part
+    of any budget): ``warp_env_steps_per_s``, BDF2 steps of 4096 pendulum2d envs on one launch
+    thread (the median of 5 passes of 25 steps, :func:`warpsim_rl.bench.sim.throughput`), and
+    ``torch_adam_steps_per_s``, Adam steps of a 64 x 64 MLP on 2048 samples (the actor's size and
+    a typical minibatch) on one torch thread, the median of 5 passes of 10 steps. Both per second
+    of wall time, which on a core of its own equals the CPU time."""
+    import torch
+
+    from .sim import throughput
+
+    warp_rate = throughput("pendulum2d", 4096, steps=25, repeats=5, threads=1)["env_steps_per_s"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                                  torch.nn.Linear(64, 2))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        x, y = torch.randn(2048, 8, generator=gen), torch.randn(2048, 2, generator=gen)
+
+        def steps(n):
+            for _ in range(n):
+                opt.zero_grad()
+                (net(x) - y).square().mean().backward()
+                opt.step()
+
+        steps(2)  # warm-up
+        passes = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            steps(10)
+            passes.append(10 / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(threads)
+    return {"warp_env_steps_per_s": float(warp_rate), "torch_adam_steps_per_s": float(np.median(passes))}
+
+
+def host_spread(cells, tolerance: float = 0.25) -> dict:
+    """Which of ``cells`` (cache entries) ran on a host of another speed than the others: for each
+    :func:`host_speed` measure, the median over the cells that recorded one (``reference``), and
+    the keys of the cells more than ``tolerance`` below it in either measure (``slower``) or above
+    it (``faster``), each with its ratios to the reference; ``unmeasured``: the cells run before
+    cells recorded their host's speed."""
+    cells = list(cells)
+    measured = [c for c in cells if c.get("host_speed")]
+    out = {"reference": None, "slower": {}, "faster": {}, "unmeasured": len(cells) - len(measured)}
+    if not measured:
+        return out
+    keys = sorted(measured[0]["host_speed"])
+    ref = {k: float(np.median([c["host_speed"][k] for c in measured])) for k in keys}
+    out["reference"] = ref
+    for c in measured:
+        ratio = {k: c["host_speed"][k] / ref[k] for k in keys}
+        name = cell_key(c["row"], c["column"], c["seed"])
+        if min(ratio.values()) < 1 - tolerance:
+            out["slower"][name] = ratio
+        elif max(ratio.values()) > 1 + tolerance:
+            out["faster"][name] = ratio
+    return out
+
+
+def hosts_text(spread: dict) -> str:
+    """One paragraph of markdown on :func:`host_spread`'s result, for a report."""
+    if spread["reference"] is None:
+        return f"Hosts: none of the {spread['unmeasured']} cells recorded its host's speed."
+    ref = spread["reference"]
+    parts = [f"Hosts: the median cell's host ran {ref['warp_env_steps_per_s'] / 1e6:.2f} M pendulum2d env-steps/s "
+             f"and {ref['torch_adam_steps_per_s']:.0f} Adam steps/s on one core."]
+    for side in ("slower", "faster"):
+        if spread[side]:
+            parts.append(f"{len(spread[side])} cells ran on a host more than 25 % {side}: "
+                         + "; ".join(f"{k} ({min(r.values()) if side == 'slower' else max(r.values()):.2f}×)"
+                                     for k, r in sorted(spread[side].items())) + ".")
+    if spread["unmeasured"]:
+        parts.append(f"{spread['unmeasured']} cells ran before cells recorded their host's speed.")
+    return " ".join(parts)
+
+
 def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, settings: dict, seed: int,
              budget_s: float, folder: str, clock: str = "cpu") -> dict:
     """One cell (module doc): ``algo`` with ``settings`` on ``env`` with the scene overrides
@@ -152,7 +237,7 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     head = {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
             "revision": git_revision(),  # the code this cell ran (the cache's own file makes it -dirty)
-            "settings": settings}
+            "settings": settings, "host_speed": host_speed()}
     if _saved_config(Path(folder)) == json.loads(json.dumps(config)):
         res = train(run, resume=folder, progress=False)
     else:

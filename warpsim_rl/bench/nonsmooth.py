@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..usd import atomic_write
-from .grid import check_names, plot_row, run_grid, stats, too_small
+from .grid import check_names, host_spread, hosts_text, plot_row, run_grid, stats, too_small
 
 __all__ = ["ROWS", "COLUMNS", "nonsmooth", "gradient_variance", "group_gradients", "report"]
 
@@ -136,8 +136,9 @@ def report(data: dict, images: str | None = "docs/images") -> dict:
     soft, stiff = "wall 1e3 N/m", "wall 1e6 N/m"
     stiffening = {col: means[(stiff, col)] - means[(soft, col)] for col in cols
                   if (soft, col) in means and (stiff, col) in means}
+    hosts = host_spread(cells)
     return {"table": "\n".join(lines), "stiffening": stiffening, "figures": figures,
-            "variance": data.get("variance")}
+            "variance": data.get("variance"), "hosts": hosts, "hosts_text": hosts_text(hosts)}
 
 
 def from_args(args) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..usd import atomic_write
-from .grid import plot_row, reach_bracket, run_grid, stats, too_small
+from .grid import host_spread, hosts_text, plot_row, reach_bracket, run_grid, stats, too_small
 
 __all__ = ["ROWS", "COLUMNS", "PAPER", "columns", "table1", "report", "claims_markdown"]
 
@@ -123,8 +123,9 @@ def report(data: dict, images: str | None = "docs/images") -> dict:
         if images:
             figures.append(plot_row(f"{row} ({ROWS[row]})", {col: by.get((row, col), []) for col in cols},
                                     str(Path(images) / f"table1_{ROWS[row]}.png")))
+    hosts = host_spread(cells)
     return {"table": "\n".join(lines), "claims": checks, "claims_table": claims_markdown(checks, cols),
-            "figures": figures}
+            "figures": figures, "hosts": hosts, "hosts_text": hosts_text(hosts)}
 
 
 def _number(x) -> str:
@@ -244,7 +245,7 @@ def from_args(args) -> dict:
     images = args.images or (None if args.quick else "docs/images")  # a smoke run leaves the docs' figures alone
     rep = report(data, None if args.no_figures else images)
     if args.markdown:
-        text = rep["table"] + "\n\n" + rep["claims_table"] + "\n"
+        text = rep["table"] + "\n\n" + rep["claims_table"] + "\n\n" + rep["hosts_text"] + "\n"
         atomic_write(Path(args.markdown), lambda tmp: Path(tmp).write_text(text))
     if not args.quiet:
         print(rep["table"], file=sys.stderr)
