@@ -192,7 +192,7 @@ class PODS(Algorithm):
             gain = self.global_value(self.global_mean(new.returns - old, both))
             newly_failed = int(distributed.global_count(new.failed & ~old_failed))
         else:
-            gain = float(((new.returns - old) * both).sum() / both.sum().clamp_min(1))
+            gain = float(torch.where(both, new.returns - old, 0.0).sum() / both.sum().clamp_min(1))  # NaN-safe
             newly_failed = int((new.failed & ~old_failed).sum())
         return gain, gain >= 0.0 and newly_failed == 0
 
