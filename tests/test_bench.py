@@ -215,22 +215,22 @@ def test_table1_rerun_supersedes_cached_cells_once(tmp_path):
 
     cache, runs, key = tmp_path / "t1.json", tmp_path / "runs", "2D Pendulum | PPO | seed 0"
     args = (["2D Pendulum"], ["PPO"], [0])
-    old = table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), progress=False)["cells"][key]
+    old = table1(*args, budget_s=4.0, cache=str(cache), runs_dir=str(runs), progress=False)["cells"][key]
     with pytest.raises(ValueError, match="rerun_reason = None: say why"):
-        table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"])
+        table1(*args, budget_s=4.0, cache=str(cache), runs_dir=str(runs), rerun=["PPO"])
     with pytest.raises(ValueError, match=r"rerun column \['SACC'\]: unknown"):
-        table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["SACC"], rerun_reason="x")
+        table1(*args, budget_s=4.0, cache=str(cache), runs_dir=str(runs), rerun=["SACC"], rerun_reason="x")
     with pytest.raises(ValueError, match=r"\['SAC'\] are not among the columns to run \['PPO'\]"):
-        table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["SAC"], rerun_reason="x")
+        table1(*args, budget_s=4.0, cache=str(cache), runs_dir=str(runs), rerun=["SAC"], rerun_reason="x")
     assert json.loads(cache.read_text())["cells"][key] == old  # nothing moved by a refused call
-    new = table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"],
+    new = table1(*args, budget_s=4.0, cache=str(cache), runs_dir=str(runs), rerun=["PPO"],
                  rerun_reason="a changed method", progress=False)
     cell = new["cells"][key]
     assert cell["status"] == "ok" and not cell["resumed_from_epoch"] and cell["wall_s"] != old["wall_s"]
     (gone,) = new["superseded"]
     assert gone["superseded_because"] == "a changed method" and {k: gone[k] for k in old} == old
     assert (runs / "pendulum2d-stop-PPO-s0.superseded-1").is_dir() and (runs / "pendulum2d-stop-PPO-s0").is_dir()
-    again = table1(*args, budget_s=0.5, cache=str(cache), runs_dir=str(runs), rerun=["PPO"],
+    again = table1(*args, budget_s=4.0, cache=str(cache), runs_dir=str(runs), rerun=["PPO"],
                    rerun_reason="a changed method", progress=False)
     assert again["cells"] == new["cells"] and len(again["superseded"]) == 1
 
