@@ -1,6 +1,7 @@
 """The benchmark command line (``python -m warpsim_rl.bench``): every subcommand is wired, and
 the cheap ones run end to end at tiny sizes."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from warpsim_rl import bench
+from warpsim_rl.algos import algo_config
 
 SUBCOMMANDS = ["throughput", "gradients", "scaling", "envs", "compare", "estimators", "usd", "contact", "table1", "windows",
                "sweep"]
@@ -166,6 +168,7 @@ def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_
     ppo = data["cells"]["2D Pendulum | PPO | seed 0"]
     assert ppo["status"] == "ok" and ppo["epochs"] >= 1 and ppo["curve"][-1]["time/train_cpu_s"] >= 4.0
     assert ppo["host_speed"]["warp_env_steps_per_s"] > 1e4 and ppo["host_speed"]["torch_adam_steps_per_s"] > 1
+    assert json.loads(json.dumps(ppo["algo_config"])) == json.loads(json.dumps(dataclasses.asdict(algo_config("ppo"))))
     assert tiny["cells"]["2D Pendulum | PODS 500 | seed 0"]["status"] == "budget_too_small"
     again = table1(["2D Pendulum"], ["PPO"], [0], budget_s=4.0, cache=str(cache), progress=True)
     assert again["cells"] == data["cells"]
@@ -188,22 +191,24 @@ def test_table1_caches_cells_reports_budget_too_small_and_rejects_bad_names(tmp_
 
 
 def test_host_spread_names_the_cells_of_a_slower_or_faster_host():
-    """The reference is the median over the cells that measured their host; a cell more than 25 %
-    off in either measure is named with its ratio; older cells are counted as unmeasured."""
+    """The reference is the median over the cells that measured their host; a cell more than 40 %
+    off in either measure is named with its ratio (one 27 % off, what two processes on two vCPUs
+    cost each other, is not); older cells are counted as unmeasured."""
     from warpsim_rl.bench.grid import host_spread, hosts_text
 
     def cell(seed, warp, torch_rate):
         return {"row": "r", "column": "c", "seed": seed,
                 "host_speed": {"warp_env_steps_per_s": warp, "torch_adam_steps_per_s": torch_rate}}
 
-    cells = [cell(0, 2.0e6, 100.0), cell(1, 2.2e6, 110.0), cell(2, 1.0e6, 100.0), cell(3, 2.0e6, 140.0),
-             cell(4, 1.9e6, 105.0), {"row": "r", "column": "c", "seed": 5}]
+    cells = [cell(0, 2.0e6, 100.0), cell(1, 2.2e6, 110.0), cell(2, 1.0e6, 100.0), cell(3, 2.0e6, 150.0),
+             cell(4, 1.46e6, 105.0), {"row": "r", "column": "c", "seed": 5}]
     spread = host_spread(cells)
     assert spread["reference"] == {"warp_env_steps_per_s": 2.0e6, "torch_adam_steps_per_s": 105.0}
     assert list(spread["slower"]) == ["r | c | seed 2"] and spread["slower"]["r | c | seed 2"]["warp_env_steps_per_s"] == 0.5
     assert list(spread["faster"]) == ["r | c | seed 3"] and spread["unmeasured"] == 1
     text = hosts_text(spread)
-    assert "r | c | seed 2 (0.50×)" in text and "r | c | seed 3 (1.33×)" in text and "1 cells ran before" in text
+    assert "r | c | seed 2 (0.50×)" in text and "r | c | seed 3 (1.43×)" in text and "1 cells ran before" in text
+    assert "more than 40% slower" in text
     assert host_spread(cells[-1:])["reference"] is None and "none of the 1 cells" in hosts_text(host_spread(cells[-1:]))
 
 

@@ -425,7 +425,7 @@ def test_an_old_run_resumes_with_the_behaviour_it_ran_with():
 
     run = dataclasses.asdict(RunConfig(algo="pods2"))
     _, cfg = configs_from_checkpoint({"config": {"run": run, "algo": {"line_search": 4}}})
-    assert (cfg.check_fallback, cfg.gn_solver, cfg.line_search) == ("none", "dense", 4)
+    assert (cfg.check_fallback, cfg.gn_solver, cfg.check_backtracks, cfg.line_search) == ("none", "dense", 0, 4)
     assert algo_config("pods2").check_fallback == "gradient"
     _, cfg = configs_from_checkpoint({"config": {"run": run, "algo": {"check_fallback": "gradient"}}})
     assert (cfg.check_fallback, cfg.gn_solver) == ("gradient", "dense")

@@ -49,9 +49,10 @@ __all__ = ["PODS", "PODSConfig"]
 class PODSConfig(TrajectoryStepConfig, AlgoConfig):
     """PODS options (trajectory-space step, regression, policy check)."""
 
-    #: the Gauss-Newton solve before ``gn_solver`` (414f2ea) was the dense one; the policy check had
-    #: no fallback before ``check_fallback`` (8321d4a)
-    LEGACY: ClassVar[dict] = {"gn_solver": "dense", "check_fallback": "none"}
+    #: the Gauss-Newton solve before ``gn_solver`` (414f2ea) was the dense one; the policy check kept
+    #: or reverted before ``check_backtracks`` (96d9211) and had no fallback before ``check_fallback``
+    #: (8321d4a)
+    LEGACY: ClassVar[dict] = {"gn_solver": "dense", "check_backtracks": 0, "check_fallback": "none"}
 
     lr: float = 1e-3
     """regression learning rate (tuned on pendulum2d-stop over {3e-4, 1e-3, 3e-3}, docs/results.md)"""
@@ -65,7 +66,7 @@ class PODSConfig(TrajectoryStepConfig, AlgoConfig):
     """keep a regressed policy only if its batch return did not drop"""
     check_backtracks: int = 2
     """with policy_check: halvings of the regression's parameter step tried when the full step lowers
-    the batch return, before the fallback and the old policy (0: the full step or nothing)"""
+    the batch return, before the fallback and the old policy (0: the full step, then the fallback)"""
 
     check_fallback: str = "gradient"
     """with policy_check, when every regression step size lowers the batch return: 'gradient' tries

@@ -20,10 +20,11 @@ first epoch is still running after twice the budget (plus a minute for the set-u
 there (:class:`FirstEpochWatchdog`) and recorded so, with ``first_epoch_over_s``.
 
 A CPU-time budget is equal compute only on one kind of host. A cache grows over several sittings,
-and a sitting may get a slower machine (2026-12-02: a VM 1.8-2x slower at the engine's steps
+and a sitting may get a slower machine (2026-12-02: a VM 1.6-2.1x slower at the engine's steps
 than the one of the earlier cells). So every cell records the speed of its host,
 :func:`host_speed`, measured in its own process just before it trains, and :func:`host_spread`
-names the cells whose host was more than 25 % slower or faster than the cache's median.
+names the cells whose host was more than 40 % slower or faster than the cache's median (above the
+27 % that two processes on the two vCPUs of that VM cost each other).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def host_speed() -> dict:
 
     from .sim import throughput
 
-    warp_rate = throughput("pendulum2d", 4096, steps=25, repeats=5, threads=1)["env_steps_per_s"]
+    warp_rate = throughput("pendulum2d", 4096, steps=25, repeats=5, threads=1, device="cpu")["env_steps_per_s"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -174,18 +175,19 @@ def host_speed() -> dict:
     return {"warp_env_steps_per_s": float(warp_rate), "torch_adam_steps_per_s": float(np.median(passes))}
 
 
-def host_spread(cells, tolerance: float = 0.25) -> dict:
+def host_spread(cells, tolerance: float = 0.4) -> dict:
     """Which of ``cells`` (cache entries) ran on a host of another speed than the others: for each
     :func:`host_speed` measure, the median over the cells that recorded one (``reference``), and
     the keys of the cells more than ``tolerance`` below it in either measure (``slower``) or above
-    it (``faster``), each with its ratios to the reference; ``unmeasured``: the cells run before
-    cells recorded their host's speed."""
+    it (``faster``), each with its ratios to the reference, over the measures every measured cell
+    has; ``unmeasured``: the cells run before cells recorded their host's speed."""
     cells = list(cells)
     measured = [c for c in cells if c.get("host_speed")]
-    out = {"reference": None, "slower": {}, "faster": {}, "unmeasured": len(cells) - len(measured)}
+    out = {"reference": None, "slower": {}, "faster": {}, "unmeasured": len(cells) - len(measured),
+           "tolerance": tolerance}
     if not measured:
         return out
-    keys = sorted(measured[0]["host_speed"])
+    keys = sorted(set.intersection(*(set(c["host_speed"]) for c in measured)))
     ref = {k: float(np.median([c["host_speed"][k] for c in measured])) for k in keys}
     out["reference"] = ref
     for c in measured:
@@ -203,11 +205,11 @@ def hosts_text(spread: dict) -> str:
     if spread["reference"] is None:
         return f"Hosts: none of the {spread['unmeasured']} cells recorded its host's speed."
     ref = spread["reference"]
-    parts = [f"Hosts: the median cell's host ran {ref['warp_env_steps_per_s'] / 1e6:.2f} M pendulum2d env-steps/s "
-             f"and {ref['torch_adam_steps_per_s']:.0f} Adam steps/s on one core."]
+    parts = [f"Hosts: the median cell's host ran {ref.get('warp_env_steps_per_s', float('nan')) / 1e6:.2f} M "
+             f"pendulum2d env-steps/s and {ref.get('torch_adam_steps_per_s', float('nan')):.0f} Adam steps/s on one core."]
     for side in ("slower", "faster"):
         if spread[side]:
-            parts.append(f"{len(spread[side])} cells ran on a host more than 25 % {side}: "
+            parts.append(f"{len(spread[side])} cells ran on a host more than {spread['tolerance']:.0%} {side}: "
                          + "; ".join(f"{k} ({min(r.values()) if side == 'slower' else max(r.values()):.2f}×)"
                                      for k, r in sorted(spread[side].items())) + ".")
     if spread["unmeasured"]:
@@ -237,7 +239,8 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     head = {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
             "revision": git_revision(),  # the code this cell ran (the cache's own file makes it -dirty)
-            "settings": settings, "host_speed": host_speed()}
+            "settings": settings, "algo_config": json.loads(json.dumps(config["algo"])),  # every option, as the cache stores it
+            "host_speed": host_speed()}
     if _saved_config(Path(folder)) == json.loads(json.dumps(config)):
         res = train(run, resume=folder, progress=False)
     else:
