@@ -204,7 +204,8 @@ def test_host_spread_names_the_cells_of_a_slower_or_faster_host():
              cell(4, 1.46e6, 105.0), {"row": "r", "column": "c", "seed": 5}]
     spread = host_spread(cells)
     assert spread["reference"] == {"warp_env_steps_per_s": 2.0e6, "torch_adam_steps_per_s": 105.0}
-    assert list(spread["slower"]) == ["r | c | seed 2"] and spread["slower"]["r | c | seed 2"]["warp_env_steps_per_s"] == 0.5
+    assert list(spread["slower"]) == ["r | c | seed 2"]
+    assert spread["slower"]["r | c | seed 2"]["warp_env_steps_per_s"] == 0.5
     assert list(spread["faster"]) == ["r | c | seed 3"] and spread["unmeasured"] == 1
     text = hosts_text(spread)
     assert "r | c | seed 2 (0.50×)" in text and "r | c | seed 3 (1.43×)" in text and "1 cells ran before" in text

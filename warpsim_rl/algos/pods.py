@@ -148,8 +148,8 @@ class PODS(Algorithm):
         is taken at the old weights with the new statistics); if that fails too, restore the old
         weights, observation statistics and optimiser state. Whenever the regression's own steps
         are all rejected, the optimiser's state is the one from before the regression, also when
-        the fallback's step is kept. Regression (Eq. 7) is not guaranteed to carry the trajectory-space improvement over
-        to the closed loop; this makes the batch return of ``pi_theta`` monotone, as PODS'
+        the fallback's step is kept. Regression (Eq. 7) is not guaranteed to carry the
+        trajectory-space improvement over to the closed loop; this makes the batch return of ``pi_theta`` monotone, as PODS'
         improvement argument intends, without freezing a policy whose regressions keep lowering
         it (docs/algorithms.md)."""
         params = dict(self.policy.named_parameters())

@@ -205,8 +205,9 @@ def hosts_text(spread: dict) -> str:
     if spread["reference"] is None:
         return f"Hosts: none of the {spread['unmeasured']} cells recorded its host's speed."
     ref = spread["reference"]
-    parts = [f"Hosts: the median cell's host ran {ref.get('warp_env_steps_per_s', float('nan')) / 1e6:.2f} M "
-             f"pendulum2d env-steps/s and {ref.get('torch_adam_steps_per_s', float('nan')):.0f} Adam steps/s on one core."]
+    warp_rate, adam_rate = (ref.get(k, float("nan")) for k in ("warp_env_steps_per_s", "torch_adam_steps_per_s"))
+    parts = [f"Hosts: the median cell's host ran {warp_rate / 1e6:.2f} M pendulum2d env-steps/s and "
+             f"{adam_rate:.0f} Adam steps/s on one core."]
     for side in ("slower", "faster"):
         if spread[side]:
             parts.append(f"{len(spread[side])} cells ran on a host more than {spread['tolerance']:.0%} {side}: "
@@ -239,7 +240,8 @@ def run_cell(row: str, env: str, scene_params: tuple, column: str, algo: str, se
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     head = {"row": row, "column": column, "algo": algo, "seed": seed, "budget_s": budget_s, "budget_clock": clock,
             "revision": git_revision(),  # the code this cell ran (the cache's own file makes it -dirty)
-            "settings": settings, "algo_config": json.loads(json.dumps(config["algo"])),  # every option, as the cache stores it
+            "settings": settings,
+            "algo_config": json.loads(json.dumps(config["algo"])),  # every option, as the cache stores it
             "host_speed": host_speed()}
     if _saved_config(Path(folder)) == json.loads(json.dumps(config)):
         res = train(run, resume=folder, progress=False)
