@@ -11,7 +11,12 @@ and torch's CPU kernels are deterministic run to run, so on the CPU the arrays w
 compiles CPU kernels with ``-march=native``, so another CPU model may round differently (seen:
 the float64 cloth moved by 1e-11 relative between two x86-64 models, everything else stayed
 bitwise); there the arrays must agree to round-off (float64 rtol 1e-7, float32 2e-3 of each
-array's largest entry), and re-recording on the new machine restores the bitwise check."""
+array's largest entry), and re-recording on the new machine restores the bitwise check. Training
+amplifies that round-off over its epochs (torch's float64 CPU kernels differ between CPU models
+too): recorded on an AMD EPYC, on an Intel Xeon (2026-12-02) the trained float64 weights moved by
+up to 1.1e-6 of the array's largest entry (PODS 1st order; the other algorithms 4.6e-8 to
+8.1e-8), so the training arrays' float64 tolerance across CPUs is 1e-5, nine times that and still
+far below what a change of method moves (1e-3 and more)."""
 
 import sys
 from pathlib import Path
@@ -31,7 +36,9 @@ CASES = sorted({k.rsplit("/", 1)[0] for k in PHYSICS.files if k != "_machine"})
 HERE = record_golden.machine()
 
 
-def _assert_bitwise(stored, key, value):
+def _assert_bitwise(stored, key, value, float64_rtol=1e-7):
+    """Bitwise on the recording CPU; elsewhere within ``float64_rtol`` (float32: 2e-3) of the
+    array's largest entry."""
     want = stored[key]
     assert value.shape == want.shape and value.dtype == want.dtype, (key, value.shape, want.shape)
     if np.array_equal(value, want, equal_nan=True):
@@ -41,7 +48,7 @@ def _assert_bitwise(stored, key, value):
     recorded = str(stored["_machine"]) if "_machine" in stored.files else "an unrecorded CPU"
     if recorded == HERE:
         pytest.fail(f"{key}: {where} (recorded on this CPU: {HERE})")
-    rtol = 1e-7 if want.dtype == np.float64 else 2e-3
+    rtol = float64_rtol if want.dtype == np.float64 else 2e-3
     scale = max(float(np.nanmax(np.abs(want.astype(np.float64)))), 1e-30) if want.size else 1.0
     if not np.allclose(value, want, rtol=0.0, atol=rtol * scale, equal_nan=True):
         pytest.fail(f"{key}: {where}, beyond round-off (recorded on {recorded!r}, running on {HERE!r})")
@@ -62,4 +69,4 @@ def test_training_bitwise(algo):
     want = {k for k in TRAINING.files if k.startswith(algo + "/")}
     assert {k for k in got} >= want, sorted(want - set(got))
     for key in sorted(want):
-        _assert_bitwise(TRAINING, key, np.asarray(got[key]))
+        _assert_bitwise(TRAINING, key, np.asarray(got[key]), float64_rtol=1e-5)
